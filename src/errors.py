@@ -1,0 +1,9 @@
+"""The one exception type a user can cause.
+
+Entry points catch ``PetsegError`` and print its message on one line with exit code 2, so a user
+mistake (bad config, missing file) never ends in a stack trace. Internal bugs stay ordinary exceptions.
+"""
+
+
+class PetsegError(Exception):
+    """An error caused by user input (config, files, data); its message is shown as is."""
