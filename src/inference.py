@@ -1,0 +1,186 @@
+"""Predict pet masks for image files, a folder or a dataset split.
+
+    python src/inference.py checkpoint=saved_models/resnet34_unet.pth input=photo.jpg output=outputs/pred
+    python src/inference.py checkpoint=... input=my_pets/ output=outputs/pred
+    python src/inference.py checkpoint=... split=test output=outputs/pred_test [data.allow_missing=true]
+
+For each image it writes ``<name>_mask.png`` (0/255, at the image's original size) and
+``<name>_overlay.png`` (the mask tinted over the image), plus one ``grid.png`` of overlays. With
+``split=`` it also reports the split's mean Dice, through the same ``evaluate()`` loop as evaluate.py.
+A file that cannot be used gets a one-line error and the others go on; the exit code is 1 if any failed.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+from PIL import Image
+from torch import nn
+from tqdm import tqdm
+
+from errors import PetsegError
+from runtime import Runtime
+from utils import binarize, overlay
+
+GRID_MAX_IMAGES = 16
+GRID_TILE = 256
+
+
+class Predictor:
+    """A checkpoint's model with its own preprocessing: RGB array in, binary mask at that size out."""
+
+    def __init__(self, ckpt: dict[str, Any], device: str = "auto", threshold: float = 0.5) -> None:
+        from checkpoint import model_from_checkpoint
+        from oxford_pet import build_transform
+        from runtime import runtime_from_config
+
+        self.config = OmegaConf.create(ckpt["config"])
+        trainer = OmegaConf.merge(self.config.trainer, {"device": device})
+        self.runtime: Runtime = runtime_from_config(trainer)
+        self.model: nn.Module = self.runtime.prepare(model_from_checkpoint(ckpt)).eval()
+        self.image_size = int(self.config.data.image_size)
+        self.transform = build_transform(self.config.aug, self.image_size, train=False)
+        self.mean = list(self.config.data.mean)
+        self.std = list(self.config.data.std)
+        self.threshold = threshold
+
+    @torch.no_grad()
+    def logits_at(self, logits: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """Model logits (1, 1, S, S) resized to an image's own size, bilinearly (before thresholding)."""
+        return F.interpolate(logits.float(), size=(height, width), mode="bilinear", align_corners=False)
+
+    @torch.no_grad()
+    def predict(self, image: np.ndarray) -> np.ndarray:
+        """Binary mask (H, W) for an RGB uint8 image (H, W, 3) of any size."""
+        from oxford_pet import to_model_input
+
+        resized = self.transform(image=image)["image"]
+        batch = self.runtime.to_input(to_model_input(resized, self.mean, self.std)[None])
+        with self.runtime.autocast():
+            logits = self.model(batch)
+        full = self.logits_at(logits, image.shape[0], image.shape[1])
+        return binarize(full, self.threshold)[0, 0].cpu().numpy()
+
+
+def write_prediction(out_dir: Path, name: str, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Save <name>_mask.png and <name>_overlay.png; return the overlay."""
+    tinted = overlay(image, mask)
+    Image.fromarray(mask.astype(np.uint8) * 255).save(out_dir / f"{name}_mask.png")
+    Image.fromarray(tinted).save(out_dir / f"{name}_overlay.png")
+    return tinted
+
+
+def write_grid(out_dir: Path, overlays: list[tuple[str, np.ndarray]]) -> Path | None:
+    """One picture of up to 16 overlays, 4 per row, each fit into a 256 px square."""
+    if not overlays:
+        return None
+    overlays = overlays[:GRID_MAX_IMAGES]
+    columns = min(4, len(overlays))
+    rows = (len(overlays) + columns - 1) // columns
+    grid = Image.new("RGB", (columns * GRID_TILE, rows * GRID_TILE), (255, 255, 255))
+    for i, (_name, picture) in enumerate(overlays):
+        tile = Image.fromarray(picture)
+        tile.thumbnail((GRID_TILE, GRID_TILE))
+        x = (i % columns) * GRID_TILE + (GRID_TILE - tile.width) // 2
+        y = (i // columns) * GRID_TILE + (GRID_TILE - tile.height) // 2
+        grid.paste(tile, (x, y))
+    path = out_dir / "grid.png"
+    grid.save(path)
+    return path
+
+
+def list_inputs(path: Path) -> list[Path]:
+    """A file, or every file (not hidden, not a folder) directly inside a folder, sorted."""
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+        if not files:
+            raise PetsegError(f"input folder {path} holds no files")
+        return files
+    raise PetsegError(f"input {path} does not exist")
+
+
+def predict_files(predictor: Predictor, files: list[Path], out_dir: Path) -> tuple[int, int]:
+    """Predict each file; a bad one is reported in one line and skipped. Returns (done, failed)."""
+    from oxford_pet import read_image
+
+    done, failed = 0, 0
+    overlays: list[tuple[str, np.ndarray]] = []
+    for file in tqdm(files, desc="predict", disable=len(files) < 2, dynamic_ncols=True):
+        try:
+            image = read_image(file)
+            mask = predictor.predict(image)
+        except PetsegError as err:
+            tqdm.write(f"error: {file}: {err}", file=sys.stderr)
+            failed += 1
+            continue
+        overlays.append((file.stem, write_prediction(out_dir, file.stem, image, mask)))
+        done += 1
+    write_grid(out_dir, overlays)
+    return done, failed
+
+
+def predict_split(predictor: Predictor, cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
+    """Predict every image of a split, writing outputs at original size, and score it with evaluate()."""
+    from evaluate import evaluate, merge_data_overrides
+    from oxford_pet import build_dataloader, build_dataset, image_path, read_image
+
+    data_cfg = merge_data_overrides(predictor.config.data, cfg.data)
+    dataset = build_dataset(data_cfg, predictor.config.aug, cfg.split)
+    loader = build_dataloader(dataset, data_cfg, train=False)
+    overlays: list[tuple[str, np.ndarray]] = []
+
+    def save(batch: dict[str, Any], logits: torch.Tensor, _dice: torch.Tensor) -> None:
+        for name, one in zip(batch["name"], logits, strict=True):
+            image = read_image(image_path(dataset.root, name))
+            full = predictor.logits_at(one[None], image.shape[0], image.shape[1])
+            mask = binarize(full, predictor.threshold)[0, 0].cpu().numpy()
+            overlays.append((name, write_prediction(out_dir, name, image, mask)))
+
+    metrics = evaluate(
+        predictor.model,
+        loader,
+        predictor.runtime,
+        threshold=predictor.threshold,
+        desc=f"predict {cfg.split}",
+        on_batch=save,
+    )
+    write_grid(out_dir, overlays)
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    from checkpoint import load_checkpoint
+    from cli import load_cli_config, run_command
+
+    def run() -> int:
+        cfg = load_cli_config("inference", sys.argv[1:] if argv is None else argv)
+        if (cfg.input is None) == (cfg.split is None):
+            raise PetsegError("give exactly one of input=<image or folder> or split=<train|valid|test>")
+        files = list_inputs(Path(cfg.input)) if cfg.input is not None else []
+        predictor = Predictor(load_checkpoint(cfg.checkpoint), str(cfg.device), float(cfg.threshold))
+        out_dir = Path(cfg.output)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if cfg.split is not None:
+            metrics = predict_split(predictor, cfg, out_dir)
+            print(
+                f"{cfg.split}: {metrics['count']} images, mean Dice {metrics['dice']:.4f}, "
+                f"pooled Dice {metrics['dice_pooled']:.4f}; predictions in {out_dir}"
+            )
+            return 0
+        done, failed = predict_files(predictor, files, out_dir)
+        print(f"{done} image(s) predicted, {failed} failed; outputs in {out_dir}")
+        return 1 if failed else 0
+
+    return run_command(run)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

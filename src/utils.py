@@ -1,0 +1,124 @@
+"""Small shared pieces: the one Dice implementation, seeding, devices, overlays.
+
+Dice is defined once here and used by training, validation, evaluation and inference, so every number
+the project prints means the same thing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+log = logging.getLogger("petseg")
+
+# Colour used to tint predicted foreground in overlays (RGB).
+OVERLAY_COLOUR = (255, 64, 32)
+
+
+# --------------------------------------------------------------------------------------------- Dice
+def dice_counts(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-image intersection |P∩G| and size sum |P|+|G| of binary masks shaped (N, ...)."""
+    pred = pred.reshape(pred.shape[0], -1).float()
+    target = target.reshape(target.shape[0], -1).float()
+    intersection = (pred * target).sum(dim=1)
+    total = pred.sum(dim=1) + target.sum(dim=1)
+    return intersection, total
+
+
+def dice_from_counts(intersection: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
+    """Dice = 2|P∩G| / (|P|+|G|); an image where both masks are empty scores 1 (perfect agreement)."""
+    empty = total == 0
+    dice = 2 * intersection / total.clamp_min(1)
+    return torch.where(empty, torch.ones_like(dice), dice)
+
+
+def dice_per_image(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Dice of each image in a batch of binary masks (N, ...), as a float tensor of shape (N,)."""
+    return dice_from_counts(*dice_counts(pred, target))
+
+
+def binarize(logits: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+    """Foreground where sigmoid(logits) > threshold, without computing the sigmoid."""
+    if not 0.0 < threshold < 1.0:
+        raise ValueError(f"threshold must be in (0, 1), got {threshold}")
+    return logits > float(np.log(threshold / (1 - threshold)))
+
+
+@dataclass
+class DiceMeter:
+    """Accumulates Dice over batches: mean over images and pooled over all pixels."""
+
+    dice_sum: float = 0.0
+    count: int = 0
+    intersection: float = 0.0
+    total: float = 0.0
+    per_image: list[float] = field(default_factory=list)
+
+    def update(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        intersection, total = dice_counts(pred, target)
+        dice = dice_from_counts(intersection, total)
+        self.dice_sum += float(dice.sum())
+        self.count += int(dice.numel())
+        self.intersection += float(intersection.sum())
+        self.total += float(total.sum())
+        self.per_image.extend(dice.tolist())
+        return dice
+
+    @property
+    def mean(self) -> float:
+        """Mean of the per-image Dice scores (the headline metric)."""
+        return self.dice_sum / self.count if self.count else float("nan")
+
+    @property
+    def pooled(self) -> float:
+        """Dice over all pixels of all images taken together."""
+        if self.count == 0:
+            return float("nan")
+        return 1.0 if self.total == 0 else 2 * self.intersection / self.total
+
+
+# ----------------------------------------------------------------------------- seeding and devices
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    """Seed Python, NumPy and torch; optionally force deterministic kernels (slower, reproducible)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        # cuBLAS needs this to be deterministic; harmless on CPU.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """'auto' picks CUDA, then Apple MPS, then CPU; any other value is passed to torch.device."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    return torch.device(name)
+
+
+# --------------------------------------------------------------------------------------- pictures
+def denormalize(image: torch.Tensor, mean: list[float], std: list[float]) -> np.ndarray:
+    """A normalised (3, H, W) tensor back to an RGB uint8 array (H, W, 3)."""
+    mean_t = torch.tensor(mean, dtype=image.dtype, device=image.device).view(3, 1, 1)
+    std_t = torch.tensor(std, dtype=image.dtype, device=image.device).view(3, 1, 1)
+    rgb = (image * std_t + mean_t).clamp(0, 1) * 255
+    return rgb.round().byte().permute(1, 2, 0).cpu().numpy()
+
+
+def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    """Tint the foreground of a binary mask (H, W) over an RGB uint8 image (H, W, 3)."""
+    out = image.astype(np.float32).copy()
+    fg = mask.astype(bool)
+    colour = np.array(OVERLAY_COLOUR, dtype=np.float32)
+    out[fg] = (1 - alpha) * out[fg] + alpha * colour
+    return out.round().clip(0, 255).astype(np.uint8)

@@ -1,0 +1,166 @@
+"""End-to-end: the real commands (train, evaluate, inference, curves, multirun) on the committed sample.
+
+Tiny widths and 32 px images keep each run to seconds; the point is the wiring, not the score.
+Every run exports to a temporary folder, so the shipped saved_models/ is never touched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from checkpoint import load_checkpoint, model_from_checkpoint
+from curves import read_scalars
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "tests" / "data" / "oxford-iiit-pet"
+SCALARS = ("train/loss", "train/dice", "val/loss", "val/dice", "lr")
+
+pytestmark = pytest.mark.slow
+
+
+def tiny_overrides(tmp: Path) -> list[str]:
+    """A 2-epoch, 32 px, width-4 UNet run on the sample, exporting to tmp/saved."""
+    return [
+        "model=unet",
+        "model.base_width=4",
+        f"data.root={SAMPLE}",
+        "data.image_size=32",
+        "data.batch_size=4",
+        "data.num_workers=0",
+        "trainer.epochs=2",
+        "trainer.overlays.every_n_epochs=1",
+        "trainer.overlays.count=2",
+        f"trainer.checkpoint.export_dir={tmp / 'saved'}",
+    ]
+
+
+def run(script: str, *args: str, check: bool = True, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "0"}
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "src" / script), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"{script} exited {result.returncode}\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One real training run shared by the tests below; returns its run dir."""
+    tmp = tmp_path_factory.mktemp("train")
+    run_dir = tmp / "run"
+    run("train.py", *tiny_overrides(tmp), f"hydra.run.dir={run_dir}")
+    return run_dir
+
+
+def test_training_writes_every_scalar_every_epoch(trained: Path):
+    scalars = read_scalars(trained, SCALARS)
+    for tag in SCALARS:
+        assert [step for step, _ in scalars[tag]] == [1, 2], tag
+        assert all(np.isfinite(value) for _, value in scalars[tag]), tag
+    for tag in ("train/dice", "val/dice"):
+        assert all(0.0 <= value <= 1.0 for _, value in scalars[tag])
+
+
+def test_training_writes_overlays(trained: Path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    (events,) = list((trained / "tb").glob("events.out.tfevents.*"))
+    acc = EventAccumulator(str(events), size_guidance={"images": 0})
+    acc.Reload()
+    assert [e.step for e in acc.Images("val/overlays")] == [1, 2]
+
+
+def test_checkpoints_hold_weights_config_epoch_and_metrics(trained: Path):
+    for name in ("last.pth", "best.pth"):
+        ckpt = load_checkpoint(trained / name)
+        assert ckpt["config"]["model"]["name"] == "unet"
+        assert ckpt["config"]["data"]["image_size"] == 32
+        assert ckpt["epoch"] in (1, 2)
+        assert 0.0 <= ckpt["metrics"]["val/dice"] <= 1.0
+        model = model_from_checkpoint(ckpt)
+        assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 1, 32, 32)
+    last, best = load_checkpoint(trained / "last.pth"), load_checkpoint(trained / "best.pth")
+    assert last["epoch"] == 2
+    assert best["metrics"]["val/dice"] == max(r["val/dice"] for r in last["history"])
+    exported = load_checkpoint(trained.parent / "saved" / "unet.pth")
+    assert "optimizer" not in exported  # a deployable copy: weights, config, metrics
+    assert all(torch.equal(exported["model"][k], best["model"][k]) for k in best["model"])
+
+
+def test_evaluate_command_writes_json(trained: Path, tmp_path: Path):
+    out = tmp_path / "metrics.json"
+    result = run("evaluate.py", f"checkpoint={trained / 'best.pth'}", "split=test", f"output={out}")
+    metrics = json.loads(out.read_text())
+    test_names = [line.split()[0] for line in (SAMPLE / "annotations" / "test.txt").read_text().splitlines()]
+    assert metrics["count"] == len(test_names)
+    assert set(metrics["per_image"]) == set(test_names)
+    assert 0.0 <= metrics["dice_mean"] <= 1.0 and 0.0 <= metrics["dice_pooled"] <= 1.0
+    assert metrics["dice_mean"] == pytest.approx(np.mean(list(metrics["per_image"].values())))
+    assert f"{metrics['dice_mean']:.4f}" in result.stdout
+
+
+def test_inference_on_a_folder_writes_masks_overlays_and_grid(trained: Path, tmp_path: Path):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for name in ("Bengal_100", "beagle_102"):
+        shutil.copy(SAMPLE / "images" / f"{name}.jpg", inputs / f"{name}.jpg")
+    out = tmp_path / "out"
+    run("inference.py", f"checkpoint={trained / 'best.pth'}", f"input={inputs}", f"output={out}")
+    for name in ("Bengal_100", "beagle_102"):
+        with Image.open(inputs / f"{name}.jpg") as original:
+            size = original.size
+        with Image.open(out / f"{name}_mask.png") as mask:
+            assert mask.size == size  # at the original size, not the model's 32 px
+            assert set(np.unique(np.asarray(mask)).tolist()) <= {0, 255}
+        with Image.open(out / f"{name}_overlay.png") as over:
+            assert over.size == size and over.mode == "RGB"
+    assert (out / "grid.png").is_file()
+
+
+def test_inference_on_a_split_reports_the_same_dice_as_evaluate(trained: Path, tmp_path: Path):
+    ckpt = trained / "best.pth"
+    evaluated = run("evaluate.py", f"checkpoint={ckpt}", "split=test", f"output={tmp_path / 'm.json'}")
+    predicted = run("inference.py", f"checkpoint={ckpt}", "split=test", f"output={tmp_path / 'pred'}")
+    dice = json.loads((tmp_path / "m.json").read_text())["dice_mean"]
+    assert f"mean Dice {dice:.4f}" in predicted.stdout, (evaluated.stdout, predicted.stdout)
+    assert (
+        len(list((tmp_path / "pred").glob("*_mask.png")))
+        == json.loads((tmp_path / "m.json").read_text())["count"]
+    )
+
+
+def test_curves_command_writes_png(trained: Path, tmp_path: Path):
+    out = tmp_path / "curves.png"
+    run("curves.py", str(trained), str(trained), "--labels", "a", "b", "--out", str(out))
+    with Image.open(out) as image:
+        assert image.width > 200 and image.height > 200
+
+
+def test_multirun_produces_one_run_per_value(tmp_path: Path):
+    sweep = tmp_path / "sweep"
+    overrides = [o for o in tiny_overrides(tmp_path) if not o.startswith("trainer.epochs")]
+    run("train.py", "-m", *overrides, "trainer.epochs=1", "optim.lr=1e-3,1e-4", f"hydra.sweep.dir={sweep}")
+    runs = sorted(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
+    assert len(runs) == 2
+    for run_dir in runs:
+        assert read_scalars(run_dir, ("val/dice",))["val/dice"]
+        assert (run_dir / "best.pth").is_file()
+    lrs = {load_checkpoint(r / "best.pth")["config"]["optim"]["lr"] for r in runs}
+    assert lrs == {1e-3, 1e-4}
+    assert not (tmp_path / "saved").exists()  # sweeps don't overwrite the exported model
