@@ -38,6 +38,15 @@ def init_weights(module: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
+def init_head(head: nn.Conv2d) -> None:
+    """Start the 1x1 logit head near zero: every pixel begins at p≈0.5 instead of the saturated
+    logits (std ≈ 5) a fan-out Kaiming init gives a layer with one output channel, which made the
+    first epochs spend their steps undoing the init."""
+    nn.init.normal_(head.weight, std=0.01)
+    if head.bias is not None:
+        nn.init.zeros_(head.bias)
+
+
 def concat_skip(x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
     """Concatenate an upsampled decoder map with its encoder skip along channels.
 

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import SegmentationModel, is_positive_int, require_positive_ints
-from .blocks import DoubleConv, concat_skip, init_weights
+from .blocks import DoubleConv, concat_skip, init_head, init_weights
 from .registry import register_model
 
 
@@ -141,6 +141,7 @@ class ResNet34UNet(SegmentationModel):
         )
         self.head = nn.Conv2d(decoder_channels[-1], out_channels, kernel_size=1)
         init_weights(self)
+        init_head(self.head)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from .base import SegmentationModel, require_positive_ints
-from .blocks import DoubleConv, concat_skip, init_weights
+from .blocks import DoubleConv, concat_skip, init_head, init_weights
 from .registry import register_model
 
 UPSAMPLE_MODES = ("transpose", "bilinear")
@@ -92,6 +92,7 @@ class UNet(SegmentationModel):
         self.up4 = Up(2 * w, w, upsample, batch_norm)
         self.head = nn.Conv2d(w, out_channels, kernel_size=1)
         init_weights(self)
+        init_head(self.head)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
