@@ -43,6 +43,8 @@ class Runtime:
 def runtime_from_config(trainer: DictConfig) -> Runtime:
     """Resolve the 'auto' settings of the trainer group into concrete choices for this machine."""
     device = resolve_device(str(trainer.device))
+    if trainer.get("threads"):
+        torch.set_num_threads(int(trainer.threads))
     if device.type == "cuda" and not torch.cuda.is_available():
         raise PetsegError(
             f"trainer.device={trainer.device} but CUDA is not available here; use trainer.device=auto"

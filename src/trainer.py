@@ -267,7 +267,7 @@ class Trainer:
             with self.runtime.autocast():
                 logits = self.train_model(images)
             loss = self.loss_fn(logits.float(), masks)
-            loss_value = float(loss)
+            loss_value = loss.detach().item()
             if not math.isfinite(loss_value):
                 raise PetsegError(
                     f"loss became {loss_value} at epoch {epoch + 1}, step {p.step + 1}: stopping. "
