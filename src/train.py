@@ -7,6 +7,7 @@ validation Dice so Hydra sweepers (e.g. Optuna) can optimise it.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -20,6 +21,12 @@ from trainer import TrainingInterrupted, fit
 from validation import validate_train_config
 
 log = logging.getLogger("petseg.train")
+
+# Launchers that run jobs in fresh processes (submitit locally or on SLURM) unpickle this module's
+# task function there: they need src/ importable, as it is for `python src/train.py`.
+_SRC = str(Path(__file__).resolve().parent)
+if _SRC not in os.environ.get("PYTHONPATH", "").split(os.pathsep):
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_SRC, os.environ.get("PYTHONPATH")) if p)
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="train")

@@ -1,0 +1,137 @@
+"""Turn a multirun (sweep) dir into one table: overrides, best val Dice, its epoch, wall time.
+
+    python src/sweep_summary.py outputs/multirun/2026-11-26/10-00-00
+
+Prints the table sorted by Dice (best first) and saves it as summary.csv and summary.md in the sweep
+dir. Everything is read from what each run left behind (Hydra's overrides.yaml and the TensorBoard
+events), so it also works on sweeps that are still running or were cut short.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from errors import PetsegError
+
+MONITOR = "val/dice"
+
+
+@dataclass
+class RunSummary:
+    run: str
+    overrides: str
+    best_dice: float | None
+    best_epoch: int | None
+    epochs: int
+    wall_minutes: float | None
+
+
+def summarise_run(run_dir: Path, sweep_dir: Path) -> RunSummary:
+    """One row: a run's own overrides (those shared by the whole sweep are dropped later)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    overrides_file = run_dir / ".hydra" / "overrides.yaml"
+    overrides = list(OmegaConf.load(overrides_file)) if overrides_file.is_file() else []
+    points: dict[int, float] = {}
+    times: list[float] = []
+    for events in sorted(run_dir.rglob("events.out.tfevents.*")):
+        acc = EventAccumulator(str(events), size_guidance={"scalars": 0})
+        acc.Reload()
+        if MONITOR in acc.Tags().get("scalars", []):
+            for event in acc.Scalars(MONITOR):
+                points[event.step] = event.value
+        times.extend(e.wall_time for tag in acc.Tags().get("scalars", []) for e in acc.Scalars(tag))
+    config_file = run_dir / ".hydra" / "config.yaml"
+    if config_file.is_file():  # written when the job starts: counts the first epoch too
+        times.append(config_file.stat().st_mtime)
+    best_epoch = max(points, key=lambda step: points[step]) if points else None
+    return RunSummary(
+        run=str(run_dir.relative_to(sweep_dir)),
+        overrides=" ".join(str(o) for o in overrides),
+        best_dice=points[best_epoch] if best_epoch is not None else None,
+        best_epoch=best_epoch,
+        epochs=len(points),
+        wall_minutes=(max(times) - min(times)) / 60 if len(times) > 1 else None,
+    )
+
+
+def find_runs(sweep_dir: Path) -> list[Path]:
+    """Every job dir of the sweep: the folders holding a Hydra .hydra/ record or TensorBoard events."""
+    runs = {p.parent.parent for p in sweep_dir.rglob(".hydra/overrides.yaml")}
+    runs |= {p.parent.parent for p in sweep_dir.rglob("tb/events.out.tfevents.*")}
+    runs.discard(sweep_dir)
+    return sorted(runs)
+
+
+def summarise(sweep_dir: Path) -> list[RunSummary]:
+    if not sweep_dir.is_dir():
+        raise PetsegError(f"sweep dir {sweep_dir} does not exist")
+    runs = find_runs(sweep_dir)
+    if not runs:
+        raise PetsegError(f"no runs (job dirs with .hydra/ or tb/) under {sweep_dir}")
+    rows = [summarise_run(run, sweep_dir) for run in runs]
+    # Overrides common to every job (e.g. data.root) say nothing about the differences: drop them.
+    common = set.intersection(*(set(r.overrides.split()) for r in rows)) if len(rows) > 1 else set()
+    for row in rows:
+        row.overrides = " ".join(o for o in row.overrides.split() if o not in common) or "(none)"
+    return sorted(rows, key=lambda r: -1.0 if r.best_dice is None else r.best_dice, reverse=True)
+
+
+HEADER = ("rank", "run", "overrides", "best val Dice", "epoch", "epochs", "wall min")
+
+
+def as_cells(rank: int, row: RunSummary) -> list[str]:
+    return [
+        str(rank),
+        row.run,
+        row.overrides,
+        "n/a" if row.best_dice is None else f"{row.best_dice:.4f}",
+        "n/a" if row.best_epoch is None else str(row.best_epoch),
+        str(row.epochs),
+        "n/a" if row.wall_minutes is None else f"{row.wall_minutes:.1f}",
+    ]
+
+
+def to_markdown(rows: list[RunSummary]) -> str:
+    lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    lines += ["| " + " | ".join(as_cells(i, r)) + " |" for i, r in enumerate(rows, 1)]
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(rows: list[RunSummary], path: Path) -> None:
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(HEADER)
+        writer.writerows(as_cells(i, r) for i, r in enumerate(rows, 1))
+
+
+def main(argv: list[str] | None = None) -> int:
+    from cli import run_command
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("sweep_dir", type=Path, help="a multirun dir, e.g. outputs/multirun/<date>/<time>")
+    parser.add_argument("--out", type=Path, help="folder for summary.csv/.md (default: the sweep dir)")
+    args = parser.parse_args(argv)
+
+    def run() -> int:
+        rows = summarise(args.sweep_dir)
+        out = args.out or args.sweep_dir
+        out.mkdir(parents=True, exist_ok=True)
+        markdown = to_markdown(rows)
+        (out / "summary.md").write_text(markdown)
+        write_csv(rows, out / "summary.csv")
+        print(markdown, end="")
+        print(f"saved {out / 'summary.csv'} and {out / 'summary.md'}")
+        return 0
+
+    return run_command(run)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
