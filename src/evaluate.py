@@ -87,6 +87,16 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
     dataset = build_dataset(data_cfg, train_cfg.aug, cfg.split)
     loader = build_dataloader(dataset, data_cfg, train=False)
     metrics = evaluate(model, loader, runtime, threshold=float(cfg.threshold), desc=f"eval {cfg.split}")
+    per_image = {name: dice for name, dice in metrics["per_image"]}
+    if cfg.report:
+        report_dir = (
+            Path(cfg.report_dir)
+            if cfg.report_dir
+            else default_output(cfg.checkpoint, cfg.split).with_suffix("")
+        )
+        write_report(
+            model, runtime, dataset, per_image, report_dir, int(cfg.gallery_size), float(cfg.threshold)
+        )
     return {
         "checkpoint": str(cfg.checkpoint),
         "model": train_cfg.model.name,
@@ -98,8 +108,43 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
         "dice_pooled": metrics["dice_pooled"],
         "count": metrics["count"],
         "missing": len(getattr(dataset, "missing", [])),
-        "per_image": {name: dice for name, dice in metrics["per_image"]},
+        "per_image": per_image,
     }
+
+
+@torch.no_grad()
+def write_report(
+    model: nn.Module,
+    runtime: Runtime,
+    dataset: Any,
+    per_image: dict[str, float],
+    out_dir: Path,
+    gallery_size: int,
+    threshold: float,
+) -> None:
+    """Per-breed and per-species Dice tables (CSV + Markdown) and best/worst prediction galleries."""
+    from report import breed_of, gallery, group_dice, species_of, write_table
+    from utils import denormalize
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tables = [
+        write_table(group_dice(per_image, breed_of), out_dir / "per_breed.csv", "breed"),
+        write_table(group_dice(per_image, species_of), out_dir / "per_species.csv", "species"),
+    ]
+    (out_dir / "per_group.md").write_text("\n".join(tables))
+    ranked = sorted(per_image, key=per_image.__getitem__)
+    index = {name: i for i, name in enumerate(dataset.names)}
+    model.eval()
+    for label, names in (("worst", ranked[:gallery_size]), ("best", ranked[::-1][:gallery_size])):
+        entries = []
+        for name in names:
+            item = dataset[index[name]]
+            with runtime.autocast():
+                logits = model(runtime.to_input(item["image"][None]))
+            pred = binarize(logits.float(), threshold)[0, 0].cpu().numpy()
+            image = denormalize(item["image"], list(dataset.mean), list(dataset.std))
+            entries.append((name, per_image[name], image, item["mask"][0].numpy() > 0.5, pred))
+        gallery(entries, out_dir / f"gallery_{label}.png")
 
 
 def merge_data_overrides(data_cfg: DictConfig, overrides: DictConfig) -> DictConfig:

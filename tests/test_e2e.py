@@ -115,6 +115,36 @@ def test_evaluate_command_writes_json(trained: Path, tmp_path: Path):
     assert f"{metrics['dice_mean']:.4f}" in result.stdout
 
 
+def test_evaluate_report_writes_group_tables_and_galleries(trained: Path, tmp_path: Path):
+    import csv
+
+    from report import breed_of, species_of
+
+    report_dir = tmp_path / "report"
+    run(
+        "evaluate.py",
+        f"checkpoint={trained / 'best.pth'}",
+        "split=test",
+        f"output={tmp_path / 'm.json'}",
+        "report=true",
+        f"report_dir={report_dir}",
+        "gallery_size=2",
+    )
+    per_image = json.loads((tmp_path / "m.json").read_text())["per_image"]
+    with (report_dir / "per_breed.csv").open() as fh:
+        breeds = {row["group"]: row for row in csv.DictReader(fh)}
+    assert set(breeds) == {breed_of(n) for n in per_image}
+    for breed, row in breeds.items():
+        scores = [d for n, d in per_image.items() if breed_of(n) == breed]
+        assert float(row["mean_dice"]) == pytest.approx(np.mean(scores))
+        assert int(row["images"]) == len(scores)
+    with (report_dir / "per_species.csv").open() as fh:
+        assert {row["group"] for row in csv.DictReader(fh)} == {species_of(n) for n in per_image}
+    for label in ("best", "worst"):
+        with Image.open(report_dir / f"gallery_{label}.png") as picture:
+            assert picture.height > 2 * 100  # two rows
+
+
 def test_inference_on_a_folder_writes_masks_overlays_and_grid(trained: Path, tmp_path: Path):
     inputs = tmp_path / "in"
     inputs.mkdir()
