@@ -7,7 +7,12 @@
 For each image it writes ``<name>_mask.png`` (0/255, at the image's original size) and
 ``<name>_overlay.png`` (the mask tinted over the image), plus one ``grid.png`` of overlays. With
 ``split=`` it also reports the split's mean Dice, through the same ``evaluate()`` loop as evaluate.py.
-A file that cannot be used gets a one-line error and the others go on; the exit code is 1 if any failed.
+
+Inputs are decoded like the training images (``oxford_pet.read_image``): any format PIL reads, grayscale
+and palette images as RGB, transparency composited over black, the first frame of animations; any size
+from 1x1 up to PIL's decompression-bomb limit (~179 MP; a 48 MP photo takes ~1 GB at peak). A file that
+cannot be used (unreadable, not an image, too large) gets a one-line error on stderr and the others go
+on; the exit code is 1 if any failed, 2 for a bad command line or checkpoint.
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ from utils import binarize, overlay
 
 GRID_MAX_IMAGES = 16
 GRID_TILE = 256
+# Rows tinted at a time: bounds the temporaries of a 48 MP photo to a few MB.
+OVERLAY_ROWS = 256
 
 
 class Predictor:
@@ -68,12 +75,38 @@ class Predictor:
         return binarize(full, self.threshold)[0, 0].cpu().numpy()
 
 
-def write_prediction(out_dir: Path, name: str, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Save <name>_mask.png and <name>_overlay.png; return the overlay."""
-    tinted = overlay(image, mask)
-    Image.fromarray(mask.astype(np.uint8) * 255).save(out_dir / f"{name}_mask.png")
-    Image.fromarray(tinted).save(out_dir / f"{name}_overlay.png")
+def overlay_rows(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The same pixels as ``utils.overlay``, without its full-size float32 copies (~1.7 GB for 48 MP).
+
+    A tinted pixel depends only on its own value, channel by channel, so ``overlay`` is applied once
+    to the 256 possible values and the result used as a lookup table, a band of rows at a time.
+    """
+    values = np.repeat(np.arange(256, dtype=np.uint8)[:, None, None], 3, axis=2)  # (256, 1, 3)
+    table = overlay(values, np.ones((256, 1), dtype=bool))[:, 0, :]  # table[v, c]: v tinted in channel c
+    tinted = image.copy()
+    fg = mask.astype(bool, copy=False)
+    for top in range(0, image.shape[0], OVERLAY_ROWS):
+        band, inside = tinted[top : top + OVERLAY_ROWS], fg[top : top + OVERLAY_ROWS]
+        for c in range(3):
+            channel = band[..., c]  # a view: assigning into it writes tinted
+            channel[inside] = table[channel[inside], c]
     return tinted
+
+
+def thumbnail(picture: np.ndarray) -> np.ndarray:
+    """A copy that fits a grid tile: the grid never needs the full-size overlays kept in memory."""
+    tile = Image.fromarray(picture)
+    tile.thumbnail((GRID_TILE, GRID_TILE))
+    return np.asarray(tile)
+
+
+def write_prediction(out_dir: Path, name: str, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Save <name>_mask.png and <name>_overlay.png; return a thumbnail of the overlay for the grid."""
+    # bool viewed as uint8 is 0/1 without a copy; times 255 makes the one uint8 copy written.
+    Image.fromarray(mask.astype(bool).view(np.uint8) * np.uint8(255)).save(out_dir / f"{name}_mask.png")
+    tinted = overlay_rows(image, mask)
+    Image.fromarray(tinted).save(out_dir / f"{name}_overlay.png")
+    return thumbnail(tinted)
 
 
 def write_grid(out_dir: Path, overlays: list[tuple[str, np.ndarray]]) -> Path | None:
@@ -96,15 +129,33 @@ def write_grid(out_dir: Path, overlays: list[tuple[str, np.ndarray]]) -> Path | 
 
 
 def list_inputs(path: Path) -> list[Path]:
-    """A file, or every file (not hidden, not a folder) directly inside a folder, sorted."""
+    """A file, or every file directly inside a folder (not hidden, not a folder), sorted.
+
+    A broken link is listed too, so that it is reported rather than silently skipped; other special
+    files (pipes, sockets) are not: reading one could block forever.
+    """
     if path.is_file():
         return [path]
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+        files = sorted(
+            p
+            for p in path.iterdir()
+            if not p.name.startswith(".") and (p.is_file() or (p.is_symlink() and not p.exists()))
+        )
         if not files:
             raise PetsegError(f"input folder {path} holds no files")
         return files
     raise PetsegError(f"input {path} does not exist")
+
+
+def output_names(files: list[Path]) -> list[str]:
+    """The stem of each file, or its whole name where two stems collide (cat.jpg and cat.png)."""
+    stems = [f.stem for f in files]
+    return [f.stem if stems.count(f.stem) == 1 else f.name.replace(".", "_") for f in files]
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split()) or type(err).__name__
 
 
 def predict_files(predictor: Predictor, files: list[Path], out_dir: Path) -> tuple[int, int]:
@@ -113,16 +164,29 @@ def predict_files(predictor: Predictor, files: list[Path], out_dir: Path) -> tup
 
     done, failed = 0, 0
     overlays: list[tuple[str, np.ndarray]] = []
-    for file in tqdm(files, desc="predict", disable=len(files) < 2, dynamic_ncols=True):
+    for file, name in zip(
+        tqdm(files, desc="predict", disable=len(files) < 2, dynamic_ncols=True),
+        output_names(files),
+        strict=True,
+    ):
         try:
             image = read_image(file)
             mask = predictor.predict(image)
-        except PetsegError as err:
-            tqdm.write(f"error: {file}: {err}", file=sys.stderr)
-            failed += 1
+            picture = write_prediction(out_dir, name, image, mask)
+        except PetsegError as err:  # read_image names the file already
+            tqdm.write(f"error: {_one_line(err)}", file=sys.stderr)
+        except MemoryError:
+            tqdm.write(f"error: {file}: too large to process in the memory available", file=sys.stderr)
+        except OSError as err:  # writing the outputs (disk full, permissions)
+            tqdm.write(
+                f"error: {file}: cannot write its outputs to {out_dir}: {_one_line(err)}", file=sys.stderr
+            )
+        else:
+            if len(overlays) < GRID_MAX_IMAGES:
+                overlays.append((name, picture))
+            done += 1
             continue
-        overlays.append((file.stem, write_prediction(out_dir, file.stem, image, mask)))
-        done += 1
+        failed += 1
     write_grid(out_dir, overlays)
     return done, failed
 
@@ -142,7 +206,9 @@ def predict_split(predictor: Predictor, cfg: DictConfig, out_dir: Path) -> dict[
             image = read_image(image_path(dataset.root, name))
             full = predictor.logits_at(one[None], image.shape[0], image.shape[1])
             mask = binarize(full, predictor.threshold)[0, 0].cpu().numpy()
-            overlays.append((name, write_prediction(out_dir, name, image, mask)))
+            picture = write_prediction(out_dir, name, image, mask)
+            if len(overlays) < GRID_MAX_IMAGES:  # a whole split of full-size overlays would not fit
+                overlays.append((name, picture))
 
     metrics = evaluate(
         predictor.model,

@@ -3,16 +3,31 @@
 Every epoch: train, validate with ``evaluate()``, log to TensorBoard, save ``last.pth`` (everything
 needed to resume) and ``best.pth`` (by validation Dice). At the end the best weights are exported to
 ``<export_dir>/<model name>.pth``. Test images are never touched here.
+
+Crash safety. Checkpoints are written atomically (``checkpoint.write_atomic``), also every
+``trainer.checkpoint.every_n_steps`` steps inside an epoch. SIGINT (Ctrl-C) and SIGTERM finish the step
+in flight, save last.pth, print the resume command and exit with 128 + the signal number (130, 143); a
+second signal stops at once without saving. A non-finite loss or weights stop the run with a
+``PetsegError`` naming epoch and step, before anything non-finite reaches last.pth.
+
+Resume (``trainer.resume=<run dir or .pth>``) restores weights, optimiser, schedule, AMP scaler,
+epoch/step, best metric, history and the Python/NumPy/torch random states; the data order and the
+augmentation are a function of (seed, epoch, position) (``sampler.EpochSampler``), so with
+``trainer.deterministic=true`` a resumed run ends bit-identical to one never stopped.
+``config_for_resume`` says which config a resumed run uses.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
+import os
 import random
-import shutil
+import shlex
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +38,14 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from checkpoint import export_weights, load_checkpoint, save_checkpoint
+from checkpoint import (
+    copy_checkpoint,
+    export_weights,
+    load_checkpoint,
+    remove_partial_writes,
+    save_checkpoint,
+)
+from cli import hydra_quote, resolve_resume
 from errors import PetsegError
 from evaluate import evaluate
 from losses import build_loss
@@ -60,6 +82,14 @@ class Progress:
     seen: int = 0
 
 
+class ForcedStop(KeyboardInterrupt):
+    """A second SIGINT/SIGTERM: stop at once, unsaved (last.pth keeps the previous save)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"second {signal.Signals(signum).name}: stopped at once, without saving")
+        self.exit_code = 128 + signum
+
+
 class StopSignals:
     """Turn SIGINT/SIGTERM into a flag checked after each step, so the step in flight completes."""
 
@@ -68,11 +98,13 @@ class StopSignals:
         self._previous: dict[int, Any] = {}
 
     def _handle(self, signum: int, _frame: Any) -> None:
-        if self.signum is not None:  # a second Ctrl-C: stop now
-            raise KeyboardInterrupt
+        if self.signum is not None:  # a second signal: the user does not want to wait for the save
+            raise ForcedStop(signum)
         self.signum = signum
         log.warning(
-            "%s received: finishing the current step, then saving last.pth", signal.Signals(signum).name
+            "%s received: finishing the current step, then saving last.pth (send it again to stop at "
+            "once, unsaved)",
+            signal.Signals(signum).name,
         )
 
     def __enter__(self) -> StopSignals:
@@ -112,15 +144,32 @@ def restore_rng(state: dict[str, Any]) -> None:
 
 
 # ---------------------------------------------------------------------------------------- helpers
-def resolve_resume(path: str | Path) -> Path:
-    """A run dir means its last.pth; a file is used as is."""
-    path = Path(path)
-    candidate = path / "last.pth" if path.is_dir() else path
-    if not candidate.is_file():
-        raise PetsegError(
-            f"trainer.resume={path}: no checkpoint found (expected a run dir with last.pth or a .pth)"
-        )
-    return candidate
+def _worker_init(worker_id: int, inner: Callable[[int], None] | None) -> None:
+    # Ctrl-C reaches every process of the terminal's group, a scheduler's SIGTERM often too: a loader
+    # worker that died of it would break the batch the main process still needs to finish its step.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if inner is not None:
+        inner(worker_id)
+
+
+def shield_workers(loader: torch.utils.data.DataLoader) -> None:
+    """Let the loader's worker processes ignore SIGINT/SIGTERM; the main process handles them."""
+    if loader.num_workers > 0:
+        # A partial of a module-level function: picklable for the spawn start method too.
+        loader.worker_init_fn = functools.partial(_worker_init, inner=loader.worker_init_fn)
+
+
+def resume_command(run_dir: Path) -> str:
+    """The shell command that continues the run in ``run_dir``, with train.py's path from here."""
+    script = Path(__file__).resolve().with_name("train.py")
+    try:
+        shown = os.path.relpath(script)
+    except ValueError:  # another drive (Windows)
+        shown = str(script)
+    if shown.startswith(".."):
+        shown = str(script)
+    return f"python {shlex.quote(shown)} {shlex.quote('trainer.resume=' + hydra_quote(str(run_dir)))}"
 
 
 def overlay_grid(samples: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> np.ndarray:
@@ -139,14 +188,128 @@ def is_multirun() -> bool:
         return False
 
 
+# ------------------------------------------------------------------------------------ resume config
+# What a resumed run may change: where and how fast it runs, what it logs and exports, how long it goes
+# on. Everything else (model, data, augmentation, optimiser, schedule, loss, seed, sizes) is the
+# checkpoint's: a different value would silently make a different run out of the same directory.
+RESUME_MAY_CHANGE = (
+    "trainer.resume",
+    "trainer.epochs",
+    "trainer.device",
+    "trainer.threads",
+    "trainer.compile",
+    "trainer.channels_last",
+    "trainer.deterministic",
+    "trainer.overlays",
+    "trainer.checkpoint",
+    "data.root",
+    "data.num_workers",
+    "data.cache_dir",
+    "data.cache_workers",
+)
+
+
+class _Absent:
+    def __repr__(self) -> str:
+        return "<not set>"
+
+
+_ABSENT = _Absent()
+
+
+def _may_change(key: str) -> bool:
+    return any(key == k or key.startswith(k + ".") for k in RESUME_MAY_CHANGE)
+
+
+def _differences(asked: Any, saved: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """Leaves (dotted key, asked, saved) where ``asked`` differs from ``saved``; keys the checkpoint
+    predates are not differences (they take today's value)."""
+    if saved is _ABSENT:
+        return []
+    if isinstance(asked, dict) and isinstance(saved, dict):
+        found = []
+        for key in saved:
+            sub = f"{prefix}.{key}" if prefix else str(key)
+            found += _differences(asked.get(key, _ABSENT), saved[key], sub)
+        return found
+    return [] if asked == saved else [(prefix, asked, saved)]
+
+
+def config_for_resume(cfg: DictConfig, overrides: list[str]) -> DictConfig:
+    """The config a run resumed with ``cfg.trainer.resume`` uses: the checkpoint's own.
+
+    ``overrides`` are the command line's (Hydra's task overrides). Those of ``RESUME_MAY_CHANGE``
+    (trainer.epochs, trainer.device, data.root, ...) replace the checkpoint's values. Any other
+    override must agree with the checkpoint (repeating the original command line is fine), else this
+    is a PetsegError listing each conflict: silently training a different recipe into the same run dir
+    would make its history and TensorBoard curves lie. A group override (``model=unet``) is compared
+    as the whole group it composes, ``experiment=...`` as the whole config. trainer.* keys the
+    checkpoint predates take today's defaults. Also a PetsegError: a weights-only file, a run that
+    already trained all its epochs, a multirun.
+    """
+    path = resolve_resume(cfg.trainer.resume)
+    if is_multirun():
+        raise PetsegError("trainer.resume continues one run; it cannot be used in a multirun (-m, sweeps)")
+    ckpt = load_checkpoint(path, mmap=True)  # only the config and progress are read here
+    if "optimizer" not in ckpt or "progress" not in ckpt:
+        raise PetsegError(f"{path} holds weights only (an exported model); resume from a run's last.pth")
+    saved = ckpt["config"]
+    asked = OmegaConf.to_container(cfg, resolve=True)
+    conflicts: list[tuple[str, Any, Any]] = []
+    changed: dict[str, Any] = {}
+    for override in overrides:
+        key = override.lstrip("+~").split("=", 1)[0]
+        if _may_change(key):
+            changed[key] = OmegaConf.select(cfg, key)
+            continue
+        parts = key.split(".")
+        if parts[0] in saved:  # a key or a group of the config
+            node_asked, node_saved = asked, saved
+            for part in parts:
+                node_asked = node_asked.get(part, _ABSENT) if isinstance(node_asked, dict) else _ABSENT
+                node_saved = node_saved.get(part, _ABSENT) if isinstance(node_saved, dict) else _ABSENT
+            found = _differences(node_asked, node_saved, key)
+        else:  # a global group such as experiment=...: it may set anything
+            found = _differences(asked, saved)
+        conflicts += [c for c in found if not _may_change(c[0]) and c not in conflicts]
+    if conflicts:
+        shown = ", ".join(f"{k}={a!r} (checkpoint: {s!r})" for k, a, s in conflicts[:6])
+        more = f" and {len(conflicts) - 6} more" if len(conflicts) > 6 else ""
+        raise PetsegError(
+            f"trainer.resume={cfg.trainer.resume} keeps the checkpoint's config, but this command asks for "
+            f"{shown}{more}; drop those overrides (a resumed run may only change "
+            f"{', '.join(RESUME_MAY_CHANGE[1:])}) or start a new run"
+        )
+    effective = OmegaConf.create(saved)
+    today = OmegaConf.create(OmegaConf.to_container(cfg.trainer, resolve=True))
+    effective.trainer = OmegaConf.merge(today, effective.trainer)
+    for key, value in changed.items():
+        OmegaConf.update(effective, key, value, force_add=True)
+    effective.trainer.resume = str(cfg.trainer.resume)
+    done, epochs = int(ckpt["progress"]["epoch"]), int(effective.trainer.epochs)
+    if done >= epochs:
+        raise PetsegError(
+            f"{path} has already trained all {done} epochs of its run; to go on, resume with "
+            f"trainer.epochs=<more than {done}>"
+        )
+    shown = sorted(f"{k}={v}" for k, v in changed.items() if k != "trainer.resume")
+    log.info("resuming with the checkpoint's config%s", f"; changed: {', '.join(shown)}" if shown else "")
+    OmegaConf.set_struct(effective, True)
+    return effective
+
+
 # ------------------------------------------------------------------------------------------- fit
 class Trainer:
     """Builds everything from the config once, then runs epochs; one instance per run."""
 
-    def __init__(self, cfg: DictConfig, run_dir: Path) -> None:
+    def __init__(self, cfg: DictConfig, run_dir: Path, stop: StopSignals | None = None) -> None:
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        # Only a flag that handlers set: a Trainer built without fit() just never sees a signal.
+        self.stop = stop if stop is not None else StopSignals()
+        for leftover in remove_partial_writes(self.run_dir):
+            log.info("removed %s, left by a save that was killed", leftover.name)
         t = cfg.trainer
         seed_everything(int(t.seed), bool(t.deterministic))
         self.runtime: Runtime = runtime_from_config(t)
@@ -155,6 +318,8 @@ class Trainer:
         self.val_set = build_dataset(cfg.data, cfg.aug, "valid")
         self.train_loader = build_dataloader(self.train_set, cfg.data, train=True, seed=int(t.seed))
         self.val_loader = build_dataloader(self.val_set, cfg.data, train=False)
+        shield_workers(self.train_loader)
+        shield_workers(self.val_loader)
         self.steps_per_epoch = len(self.train_loader)
         if t.limit_train_batches is not None:
             self.steps_per_epoch = min(self.steps_per_epoch, int(t.limit_train_batches))
@@ -170,6 +335,7 @@ class Trainer:
             self.runtime.device.type, enabled=self.runtime.amp_dtype == torch.float16
         )
         self.progress = Progress()
+        self.resumed_from: Path | None = None
         if t.resume:
             self._restore(resolve_resume(t.resume))
         # The compiled wrapper shares parameters with self.model; checkpoints use self.model.
@@ -201,44 +367,72 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "rng": capture_rng(),
+            "train_images": len(self.train_set),
         }
 
     def _restore(self, path: Path) -> None:
         ckpt = load_checkpoint(path)
         if "optimizer" not in ckpt or "progress" not in ckpt:
-            raise PetsegError(
-                f"{path} holds weights only (an export or best.pth); resume from a run's last.pth"
-            )
+            raise PetsegError(f"{path} holds weights only (an exported model); resume from a run's last.pth")
         saved_model = ckpt["config"]["model"]["name"]
         if saved_model != self.cfg.model.name:
             raise PetsegError(
                 f"{path} holds a '{saved_model}' model, but the config asks for '{self.cfg.model.name}'"
             )
-        self.model.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scheduler.load_state_dict(ckpt["scheduler"])
-        self.scaler.load_state_dict(ckpt["scaler"])
-        self.progress = Progress(**ckpt["progress"])
-        restore_rng(ckpt["rng"])
-        log.info("resumed from %s at epoch %d, step %d", path, self.progress.epoch + 1, self.progress.step)
+        # data.root may move on resume, but the data order is a function of the train split's size.
+        if ckpt.get("train_images", len(self.train_set)) != len(self.train_set):
+            raise PetsegError(
+                f"{path} was trained on {ckpt['train_images']} train images, but {self.cfg.data.root} "
+                f"has {len(self.train_set)}: resume on the same data"
+            )
+        try:
+            self.model.load_state_dict(ckpt["model"])
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            self.scheduler.load_state_dict(ckpt["scheduler"])
+            self.scaler.load_state_dict(ckpt["scaler"])
+            self.progress = Progress(**ckpt["progress"])
+            restore_rng(ckpt["rng"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as err:
+            reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise PetsegError(f"{path} cannot be resumed by this run: {reason[:200]}") from None
+        self.resumed_from = path
+        log.info("resumed from %s %s", path, self._where())
+
+    def _where(self) -> str:
+        """Where training stands, for messages: 'after epoch 2' or 'at epoch 3, step 5/9'."""
+        p = self.progress
+        if p.step == 0:
+            return f"after epoch {p.epoch}" if p.epoch else "before the first step"
+        return f"at epoch {p.epoch + 1}, step {p.step}/{self.steps_per_epoch}"
+
+    def _non_finite(self, what: str) -> PetsegError:
+        last = self.run_dir / "last.pth"
+        kept = f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint was saved yet"
+        return PetsegError(f"{what}: stopping ({kept}); lower optim.lr or set trainer.grad_clip")
 
     def _save(self, name: str) -> Path:
+        # A weight that overflowed must never replace the last good checkpoint.
+        for key, value in self.model.state_dict().items():
+            if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                raise self._non_finite(f"weight {key} became non-finite {self._where()}")
         return save_checkpoint(self.run_dir / name, self._state())
 
     # ------------------------------------------------------------------------------------ epochs
     def fit(self) -> float:
         t = self.cfg.trainer
         epochs = int(t.epochs)
-        # purge_step drops events a crashed run logged after its last checkpoint: no duplicate epochs.
-        purge = self.progress.epoch + 1 if self.progress.epoch or self.progress.step else None
+        # On resume, TensorBoard drops every event an earlier process logged from the next epoch on
+        # (a crash after logging an epoch but before saving it, or a resume from an older checkpoint):
+        # each epoch then appears exactly once in the same log.
+        purge = self.progress.epoch + 1 if self.resumed_from is not None else None
         writer = SummaryWriter(log_dir=str(self.run_dir / "tb"), purge_step=purge)
         started = time.time()
         try:
-            with StopSignals() as stop:
-                for epoch in range(self.progress.epoch, epochs):
-                    train_metrics = self._train_epoch(epoch, epochs, stop)
-                    val_metrics, samples = self._validate(epoch, epochs)
-                    self._end_epoch(epoch, epochs, train_metrics, val_metrics, samples, writer)
+            for epoch in range(self.progress.epoch, epochs):
+                self._check_stop()  # a signal during setup, validation or the last save
+                train_metrics = self._train_epoch(epoch, epochs)
+                val_metrics, samples = self._validate(epoch, epochs)
+                self._end_epoch(epoch, epochs, train_metrics, val_metrics, samples, writer)
         finally:
             writer.close()
         log.info(
@@ -250,60 +444,62 @@ class Trainer:
         self._export()
         return self.progress.best_metric
 
-    def _train_epoch(self, epoch: int, epochs: int, stop: StopSignals) -> dict[str, float]:
+    def _train_epoch(self, epoch: int, epochs: int) -> dict[str, float]:
         p = self.progress
+        # Resuming mid-epoch: the sampler skips the samples of the steps already trained.
         self.train_loader.sampler.set_epoch(epoch, start=p.step * int(self.cfg.data.batch_size))
         self.model.train()
         clip = self.cfg.trainer.grad_clip
-        bar = tqdm(
+        every = int(self.cfg.trainer.checkpoint.get("every_n_steps") or 0)
+        # `with`: the bar is closed on any exit, so an error or the resume command gets its own line.
+        with tqdm(
             total=self.steps_per_epoch, initial=p.step, desc=f"epoch {epoch + 1}/{epochs}", dynamic_ncols=True
-        )
-        for batch in self.train_loader:
-            if p.step >= self.steps_per_epoch:
-                break
-            images = self.runtime.to_input(batch["image"])
-            masks = batch["mask"].to(self.runtime.device, non_blocking=True)
-            self.optimizer.zero_grad(set_to_none=True)
-            with self.runtime.autocast():
-                logits = self.train_model(images)
-            loss = self.loss_fn(logits.float(), masks)
-            loss_value = loss.detach().item()
-            if not math.isfinite(loss_value):
-                raise PetsegError(
-                    f"loss became {loss_value} at epoch {epoch + 1}, step {p.step + 1}: stopping. "
-                    f"The last good checkpoint is {self.run_dir / 'last.pth'}; "
-                    "try a lower optim.lr or trainer.grad_clip"
+        ) as bar:
+            for batch in self.train_loader if p.step < self.steps_per_epoch else ():
+                images = self.runtime.to_input(batch["image"])
+                masks = batch["mask"].to(self.runtime.device, non_blocking=True)
+                self.optimizer.zero_grad(set_to_none=True)
+                with self.runtime.autocast():
+                    logits = self.train_model(images)
+                loss = self.loss_fn(logits.float(), masks)
+                loss_value = loss.detach().item()
+                if not math.isfinite(loss_value):
+                    raise self._non_finite(
+                        f"loss became {loss_value} at epoch {epoch + 1}, step {p.step + 1}"
+                    )
+                self.scaler.scale(loss).backward()
+                if clip is not None:
+                    self.scaler.unscale_(self.optimizer)
+                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), float(clip))
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                self.scheduler.step()
+                n = len(images)
+                p.loss_sum += loss_value * n
+                p.dice_sum += float(
+                    dice_per_image(binarize(logits.detach(), self.threshold), masks > 0.5).sum()
                 )
-            self.scaler.scale(loss).backward()
-            if clip is not None:
-                self.scaler.unscale_(self.optimizer)
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), float(clip))
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.scheduler.step()
-            n = len(images)
-            p.loss_sum += loss_value * n
-            p.dice_sum += float(dice_per_image(binarize(logits.detach(), self.threshold), masks > 0.5).sum())
-            p.seen += n
-            p.step += 1
-            p.global_step += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{p.loss_sum / p.seen:.4f}", dice=f"{p.dice_sum / p.seen:.4f}")
-            if stop.signum is not None:
-                bar.close()
-                self._interrupt(stop.signum)
-            every = self.cfg.trainer.checkpoint.get("every_n_steps")
-            if every and p.global_step % int(every) == 0 and p.step < self.steps_per_epoch:
-                self._save("last.pth")
-        bar.close()
+                p.seen += n
+                p.step += 1
+                p.global_step += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{p.loss_sum / p.seen:.4f}", dice=f"{p.dice_sum / p.seen:.4f}")
+                self._check_stop()
+                if p.step >= self.steps_per_epoch:
+                    break  # limit_train_batches: do not load a batch that will not be used
+                if every and p.global_step % every == 0:
+                    self._save("last.pth")  # mid-epoch; the epoch's end saves anyway
         return {"loss": p.loss_sum / max(p.seen, 1), "dice": p.dice_sum / max(p.seen, 1)}
+
+    def _check_stop(self) -> None:
+        if self.stop.signum is not None:
+            self._interrupt(self.stop.signum)
 
     def _interrupt(self, signum: int) -> None:
         path = self._save("last.pth")
         raise TrainingInterrupted(
-            f"stopped by {signal.Signals(signum).name} at epoch {self.progress.epoch + 1}, step "
-            f"{self.progress.step}; state saved to {path}. Resume with:\n"
-            f"  python src/train.py trainer.resume={self.run_dir} hydra.run.dir={self.run_dir}",
+            f"stopped by {signal.Signals(signum).name} {self._where()}; state saved to {path}. "
+            f"Resume with:\n  {resume_command(self.run_dir)}",
             exit_code=128 + signum,
         )
 
@@ -351,6 +547,8 @@ class Trainer:
     ) -> None:
         p = self.progress
         step = epoch + 1  # TensorBoard x axis: epochs, 1-based
+        if val_metrics["loss"] is not None and not math.isfinite(val_metrics["loss"]):
+            raise self._non_finite(f"validation loss became {val_metrics['loss']} at epoch {step}")
         lr = self.optimizer.param_groups[0]["lr"]
         record = {
             "epoch": step,
@@ -391,8 +589,7 @@ class Trainer:
             # last.pth is written even when save_last is off and only best is wanted: best.pth is a copy.
             self._save("last.pth")
         if improved and ckpt_cfg.save_best:
-            shutil.copyfile(self.run_dir / "last.pth", self.run_dir / ".best.pth.tmp")
-            Path(self.run_dir / ".best.pth.tmp").replace(self.run_dir / "best.pth")
+            copy_checkpoint(self.run_dir / "last.pth", self.run_dir / "best.pth")
 
     def _export(self) -> None:
         ckpt_cfg = self.cfg.trainer.checkpoint
@@ -417,5 +614,10 @@ class Trainer:
 
 
 def fit(cfg: DictConfig, run_dir: str | Path) -> float:
-    """Train as the config says, in ``run_dir``; returns the best validation Dice."""
-    return Trainer(cfg, Path(run_dir)).fit()
+    """Train as the config says, in ``run_dir``; returns the best validation Dice.
+
+    Signal handling starts before the setup, so a Ctrl-C while data and model load also ends in a
+    saved last.pth and the resume command rather than a traceback.
+    """
+    with StopSignals() as stop:
+        return Trainer(cfg, Path(run_dir), stop).fit()

@@ -1,11 +1,18 @@
-"""Config checks that run before any work, so a typo costs a second, not an epoch."""
+"""Config checks that run before any work, so a typo costs a second, not an epoch.
+
+Each check raises a PetsegError with one line naming the key, the bad value and what would be valid;
+train.py prints it and exits with code 2.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
-from omegaconf import DictConfig
+import torch
+from omegaconf import DictConfig, OmegaConf
 
+from cli import CONFIG_DIR, config_options, unknown_option_message
 from errors import PetsegError
 from models import available_models, check_input_size
 from optim import OPTIMIZERS, SCHEDULES
@@ -13,32 +20,105 @@ from optim import OPTIMIZERS, SCHEDULES
 
 def _positive(value: object, key: str, kind: type = float) -> None:
     try:
-        ok = kind(value) > 0 and kind(value) == float(value)
+        ok = not isinstance(value, bool) and kind(value) > 0 and kind(value) == float(value)
     except (TypeError, ValueError):
         ok = False
     if not ok:
         raise PetsegError(f"{key} must be a positive {kind.__name__}, got {value!r}")
 
 
+def _optional_positive_int(value: object, key: str) -> None:
+    if value is not None:
+        _positive(value, key, int)
+
+
+def _non_negative_int(value: object, key: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise PetsegError(f"{key} must be an integer >= 0, got {value!r}")
+
+
+def validate_choices(choices: Mapping[str, str | None]) -> None:
+    """Every chosen option of our config groups exists.
+
+    Hydra rejects a missing option of a required group itself, but an optional one
+    (``experiment=typo``) would be skipped silently and train the default recipe.
+    """
+    for group, option in choices.items():
+        if option is None or group.startswith("hydra") or not (CONFIG_DIR / group).is_dir():
+            continue
+        if not (CONFIG_DIR / group / f"{option}.yaml").is_file():
+            raise PetsegError(unknown_option_message(group, str(option)))
+
+
+def _declared_names(group: str) -> list[str]:
+    """The ``name`` values the YAML files of a config group declare."""
+    names = {
+        OmegaConf.load(CONFIG_DIR / group / f"{option}.yaml").get("name") for option in config_options(group)
+    }
+    return sorted(str(n) for n in names if n is not None)
+
+
+def _validate_trainer(t: DictConfig) -> None:
+    from runtime import AMP_DTYPES
+
+    _positive(t.epochs, "trainer.epochs", int)
+    if isinstance(t.seed, bool) or not isinstance(t.seed, int):
+        raise PetsegError(f"trainer.seed must be an integer, got {t.seed!r}")
+    threshold = t.threshold
+    if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not 0 < threshold < 1:
+        raise PetsegError(f"trainer.threshold must be a number strictly between 0 and 1, got {threshold!r}")
+    if t.grad_clip is not None:
+        _positive(t.grad_clip, "trainer.grad_clip")
+    for key in ("threads", "limit_train_batches", "limit_val_batches"):
+        _optional_positive_int(t.get(key), f"trainer.{key}")
+    _optional_positive_int(t.checkpoint.get("every_n_steps"), "trainer.checkpoint.every_n_steps")
+    _non_negative_int(t.overlays.count, "trainer.overlays.count")
+    _non_negative_int(t.overlays.every_n_epochs or 0, "trainer.overlays.every_n_epochs")
+    if str(t.amp) not in ("auto", *AMP_DTYPES):
+        raise PetsegError(f"trainer.amp={t.amp} is not one of auto, {', '.join(AMP_DTYPES)}")
+    if str(t.device) != "auto":
+        try:
+            torch.device(str(t.device))
+        except (RuntimeError, ValueError):
+            raise PetsegError(
+                f"trainer.device={t.device} is not a device; use auto, cpu, cuda, cuda:<index> or mps"
+            ) from None
+
+
 def validate_train_config(cfg: DictConfig) -> None:
-    """Raise PetsegError with one clear line for the first user mistake found in a training config."""
+    """Raise PetsegError with one clear line for the first user mistake found in a training config.
+
+    Covers names (model, optimizer, schedule, loss), numbers (lr, batch size, epochs, image size the
+    model can take, trainer settings), the augmentation pipeline (built once), and the dataset root
+    (exists, has its lists, no test name in train/valid). Group options (``model=foo``) are Hydra's to
+    reject; train.py turns that into the same kind of one-line error.
+    """
+    from losses import build_loss
+    from oxford_pet import build_transform, check_no_test_leak, check_root
+
     if cfg.model.name not in available_models():
         raise PetsegError(f"unknown model '{cfg.model.name}'; valid: {', '.join(available_models())}")
     if cfg.optim.name not in OPTIMIZERS:
         raise PetsegError(f"unknown optimizer '{cfg.optim.name}'; valid: {', '.join(OPTIMIZERS)}")
     if cfg.sched.name not in SCHEDULES:
         raise PetsegError(f"unknown schedule '{cfg.sched.name}'; valid: {', '.join(SCHEDULES)}")
+    losses = _declared_names("loss")
+    if cfg.loss.get("name") not in losses:
+        raise PetsegError(f"unknown loss '{cfg.loss.get('name')}'; valid: {', '.join(losses)}")
+    try:
+        build_loss(cfg.loss)
+    except (ValueError, TypeError) as err:
+        raise PetsegError(f"loss '{cfg.loss.name}': {err}") from None
     _positive(cfg.optim.lr, "optim.lr")
     _positive(cfg.data.batch_size, "data.batch_size", int)
-    _positive(cfg.trainer.epochs, "trainer.epochs", int)
+    _non_negative_int(cfg.data.num_workers, "data.num_workers")
     _positive(cfg.data.image_size, "data.image_size", int)
     size = int(cfg.data.image_size)
     check_input_size(cfg.model.name, size, size)
+    _validate_trainer(cfg.trainer)
     if cfg.monitor not in ("val/dice", "val/dice_pooled"):
         raise PetsegError(f"monitor must be val/dice or val/dice_pooled, got {cfg.monitor}")
-    root = Path(cfg.data.root)
-    if not root.is_dir():
-        raise PetsegError(
-            f"dataset root {root} does not exist; download it with "
-            f"`python src/oxford_pet.py --root {root} --download` or set data.root=<path>"
-        )
+    build_transform(cfg.aug, size, train=True)  # a bad transform name or argument, now rather than later
+    # Relative roots are relative to the directory the command was started from (Hydra keeps it).
+    root = check_root(Path(str(cfg.data.root)))  # missing: says how to download
+    check_no_test_leak(root)

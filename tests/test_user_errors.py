@@ -1,0 +1,306 @@
+"""No user mistake ends in a stack trace: one line on stderr, exit code 2, before any work is done.
+
+A few cases run the real commands as subprocesses (all at once, to keep the wall time down); the many
+config cases call train.py's ``cli()`` in this process, which is the same code without the start-up.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+import evaluate
+import inference
+import train
+import validation
+from checkpoint import load_checkpoint, save_checkpoint
+from cli import CONFIG_DIR
+from models import build_model
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "tests" / "data" / "oxford-iiit-pet"
+TEST_NAME = (SAMPLE / "annotations" / "test.txt").read_text().split()[0]  # a test image of the sample
+
+
+def tiny(root: Path = SAMPLE) -> list[str]:
+    return [
+        "model.base_width=4",
+        f"data.root={root}",
+        "data.image_size=32",
+        "data.batch_size=2",
+        "data.num_workers=0",
+        "trainer.epochs=1",
+        "trainer.threads=1",
+        "trainer.checkpoint.export_dir=null",
+    ]
+
+
+def leaky_root(tmp: Path) -> Path:
+    """A copy of the sample whose trainval.txt also lists a test image."""
+    root = Path(shutil.copytree(SAMPLE, tmp / "leaky"))
+    lists = root / "annotations"
+    with open(lists / "trainval.txt", "a") as fh:
+        fh.write(f"{TEST_NAME} 1 1 1\n")
+    return root
+
+
+def stderr_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.strip()]
+
+
+def assert_one_error_line(stderr: str, *expected: str) -> str:
+    lines = stderr_lines(stderr)
+    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
+    for part in expected:
+        assert part in lines[0], (part, lines[0])
+    return lines[0]
+
+
+# ------------------------------------------------------------------------------------ real commands
+@pytest.mark.slow
+def test_real_commands_exit_2_with_one_line(tmp_path: Path):
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(os.urandom(4096))
+    tensor_file = tmp_path / "tensor.pth"
+    torch.save(torch.zeros(3), tensor_file)
+    (tmp_path / "in").mkdir()
+    shutil.copy(SAMPLE / "images" / "Bengal_100.jpg", tmp_path / "in")
+    nan_dir = tmp_path / "nan"
+    cases = {
+        "unknown group option": (
+            ["train.py", *tiny(), "model=vit"],
+            ["unknown model 'vit' (model=vit); valid: resnet34_unet, unet"],
+        ),
+        "unknown key": (["train.py", *tiny(), "trainer.foo=1"], ["Could not override 'trainer.foo'"]),
+        "image size": (
+            ["train.py", *tiny(), "data.image_size=40"],
+            ["not a multiple of 16 for unet", "32 or 48"],
+        ),
+        "test leak": (["train.py", *tiny(leaky_root(tmp_path))], [TEST_NAME, "leak"]),
+        "non-finite loss": (
+            # An absurd lr without clipping: the weights explode in the first step, the loss is NaN next.
+            [
+                "train.py",
+                *tiny(),
+                "optim.lr=1e20",
+                "trainer.grad_clip=null",
+                "trainer.checkpoint.every_n_steps=1",
+            ],
+            ["loss became nan at epoch 1, step 2", f"last good checkpoint is {nan_dir / 'last.pth'}"],
+        ),
+        "evaluate junk": (
+            ["evaluate.py", f"checkpoint={junk}", f"output={tmp_path / 'm.json'}"],
+            [f"{junk} is not a petseg checkpoint"],
+        ),
+        "inference tensor": (
+            [
+                "inference.py",
+                f"checkpoint={tensor_file}",
+                f"input={tmp_path / 'in'}",
+                f"output={tmp_path / 'o'}",
+            ],
+            [f"{tensor_file} is not a petseg checkpoint (no 'petseg-checkpoint' marker)"],
+        ),
+    }
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "0"}
+    running = {}
+    for i, (case, (args, _)) in enumerate(cases.items()):
+        script, *rest = args
+        if script == "train.py":
+            rest.append(f"hydra.run.dir={nan_dir if case == 'non-finite loss' else tmp_path / f'run{i}'}")
+        running[case] = subprocess.Popen(
+            [sys.executable, str(ROOT / "src" / script), *rest],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+    for case, process in running.items():
+        stdout, stderr = process.communicate(timeout=600)
+        assert process.returncode == 2, (case, stdout[-2000:], stderr[-2000:])
+        assert "Traceback" not in stderr + stdout, case
+        if case == "non-finite loss":
+            # Progress bars share stderr; the error is its own last line.
+            errors = [line.split("\r")[-1] for line in stderr.splitlines() if "error:" in line]
+            assert len(errors) == 1 and stderr.rstrip().endswith(errors[0]), stderr[-2000:]
+            stderr = errors[0]
+        assert_one_error_line(stderr, *cases[case][1])
+    # The last good checkpoint is kept and holds only finite numbers.
+    kept = load_checkpoint(nan_dir / "last.pth")
+    assert kept["progress"]["global_step"] == 1
+    assert all(torch.isfinite(v).all() for v in kept["model"].values() if v.is_floating_point())
+
+
+# ------------------------------------------------------------------------------ train.py in-process
+def run_train(argv: list[str], run_dir: Path, capsys: pytest.CaptureFixture) -> tuple[int, str]:
+    """train.py's cli() here; Hydra's logging set-up is left out so it does not outlive the test."""
+    code = train.cli(
+        [*argv, f"hydra.run.dir={run_dir}", "hydra/job_logging=none", "hydra/hydra_logging=none"]
+    )
+    return code, capsys.readouterr().err
+
+
+CONFIG_MISTAKES = {
+    "optim=adam": "unknown optimizer 'adam' (optim=adam); valid: adamw, sgd",
+    "sched=step": "unknown schedule 'step' (sched=step); valid: cosine, none, onecycle",
+    "loss=focal": "unknown loss 'focal' (loss=focal); valid: bce, bce_dice, dice",
+    "aug=heavy": "unknown augmentation 'heavy' (aug=heavy); valid: default, none, strong",
+    "experiment=nope": "unknown experiment 'nope' (experiment=nope); valid: cpu_resnet34_unet",
+    "model.name=vit": "unknown model 'vit'; valid: resnet34_unet, unet",
+    "optim.name=adam": "unknown optimizer 'adam'; valid: adamw, sgd",
+    "sched.name=step": "unknown schedule 'step'; valid: cosine, none",
+    "loss.name=focal": "unknown loss 'focal'; valid: bce, bce_dice, dice",
+    "loss.bce_weight=-1": "loss 'bce_dice': loss weights must be >= 0",
+    "optim.lr=0": "optim.lr must be a positive float, got 0",
+    "optim.lr=-1e-3": "optim.lr must be a positive float, got -0.001",
+    "optim.lr=fast": "optim.lr must be a positive float, got 'fast'",
+    "data.batch_size=0": "data.batch_size must be a positive int, got 0",
+    "trainer.epochs=0": "trainer.epochs must be a positive int, got 0",
+    "trainer.epochs=2.5": "trainer.epochs must be a positive int, got 2.5",
+    "data.image_size=33": "image size 33x33 is not a multiple of 16 for unet; nearest valid sizes: 32 or 48",
+    "model=resnet34_unet": "48x48 is not a multiple of 32 for resnet34_unet; nearest valid sizes: 32 or 64",
+    "data.num_workers=-1": "data.num_workers must be an integer >= 0, got -1",
+    "trainer.threshold=1.5": "trainer.threshold must be a number strictly between 0 and 1, got 1.5",
+    "trainer.device=gpu0": "trainer.device=gpu0 is not a device",
+    "trainer.amp=fp8": "trainer.amp=fp8 is not one of auto, off, bf16, fp16",
+    "trainer.checkpoint.every_n_steps=0": "trainer.checkpoint.every_n_steps must be a positive int, got 0",
+    "aug.train.0._target_=albumentations.Nope": "aug 'default': cannot build train[0]",
+    "trainer.foo=1": "Could not override 'trainer.foo'. To append to your config use +trainer.foo=1",
+    "optim.lr=[": "cannot parse override 'optim.lr=[': no viable alternative at input '['",
+    "model=unet,resnet34_unet": "Ambiguous value for argument 'model=unet,resnet34_unet'",
+    "trainer.resume=/no/such/run": "trainer.resume=/no/such/run: no checkpoint there",
+}
+
+
+@pytest.mark.parametrize("override", list(CONFIG_MISTAKES))
+def test_config_mistakes_are_one_line_and_exit_code_2(
+    override: str, tmp_path: Path, capsys: pytest.CaptureFixture
+):
+    argv = [*tiny(), override]
+    if override.startswith("model=resnet"):  # a size fine for unet; no unet-only keys
+        argv = [a for a in argv if not a.startswith("model.")] + ["data.image_size=48"]
+    code, err = run_train(argv, tmp_path / "run", capsys)
+    assert code == 2, err
+    assert_one_error_line(err, CONFIG_MISTAKES[override])
+    assert not list((tmp_path / "run").glob("*.pth")) and not (tmp_path / "run" / "tb").exists()
+
+
+def test_a_missing_dataset_says_how_to_download(tmp_path: Path, capsys: pytest.CaptureFixture):
+    code, err = run_train(tiny(tmp_path / "pets"), tmp_path / "run", capsys)
+    assert code == 2
+    assert_one_error_line(
+        err, f"dataset root {tmp_path / 'pets'} does not exist", f"--root {tmp_path / 'pets'} --download"
+    )
+
+
+def test_a_test_image_in_trainval_stops_training(tmp_path: Path, capsys: pytest.CaptureFixture):
+    code, err = run_train(tiny(leaky_root(tmp_path)), tmp_path / "run", capsys)
+    assert code == 2
+    assert_one_error_line(err, "also in test.txt", TEST_NAME)
+
+
+def test_internal_errors_are_not_turned_into_user_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+):
+    def broken(_cfg: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(validation, "validate_train_config", broken)
+    with pytest.raises(RuntimeError, match="a bug"):  # its traceback and exit code 1 stay
+        run_train(tiny(), tmp_path / "run", capsys)
+
+
+def test_ctrl_c_before_training_exits_130_without_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+):
+    def interrupted(_cfg: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(validation, "validate_train_config", interrupted)
+    code, err = run_train(tiny(), tmp_path / "run", capsys)
+    assert code == 130
+    assert_one_error_line(err, "interrupted")
+
+
+def test_cli_restores_argv_and_environment(tmp_path: Path, capsys: pytest.CaptureFixture):
+    argv, full_error = list(sys.argv), os.environ.get("HYDRA_FULL_ERROR")
+    run_train(["optim=adam"], tmp_path / "run", capsys)
+    assert sys.argv == argv and os.environ.get("HYDRA_FULL_ERROR") == full_error
+
+
+# ----------------------------------------------------------------------------- checkpoint loading
+@pytest.fixture(scope="module")
+def bad_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, str]]:
+    """Files that are not usable checkpoints, each with the words its error must contain."""
+    tmp = tmp_path_factory.mktemp("bad")
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=tiny())
+    config = OmegaConf.to_container(cfg, resolve=True)
+    unet = build_model(**cfg.model).state_dict()
+    wider = build_model(**{**cfg.model, "base_width": 8}).state_dict()
+    resnet = build_model("resnet34_unet").state_dict()
+    files: dict[str, tuple[Path, str]] = {}
+
+    def add(name: str, expected: str, write: object) -> None:
+        path = tmp / name
+        write(path)
+        files[name] = (path, expected)
+
+    add("random.pth", "is not a petseg checkpoint (", lambda p: p.write_bytes(os.urandom(2048)))
+    add("notes.pth", "is not a petseg checkpoint (", lambda p: p.write_text("weights: 1, 2, 3\n"))
+    add("empty.pth", "is not a petseg checkpoint (", lambda p: p.write_bytes(b""))
+    add("tensor.pth", "no 'petseg-checkpoint' marker", lambda p: torch.save(torch.ones(4), p))
+    add("state_dict.pth", "no 'petseg-checkpoint' marker", lambda p: torch.save(unet, p))
+    add(
+        "no_config.pth",
+        "damaged petseg checkpoint: its config lacks",
+        lambda p: save_checkpoint(p, {"model": unet}),
+    )
+    add("no_weights.pth", "holds no model weights", lambda p: save_checkpoint(p, {"config": config}))
+    add(
+        "wider.pth",
+        "do not fit the 'unet' model its config describes (0 missing, 0 unexpected, ",
+        lambda p: save_checkpoint(p, {"model": wider, "config": config}),
+    )
+    add(
+        "resnet_weights.pth",
+        "do not fit the 'unet' model its config describes",
+        lambda p: save_checkpoint(p, {"model": resnet, "config": config}),
+    )
+    files["folder"] = (tmp, "is a folder")
+    files["missing"] = (tmp / "nope.pth", "checkpoint not found")
+    return files
+
+
+def test_bad_checkpoints_are_clear_errors_in_evaluate_and_inference(
+    bad_checkpoints: dict[str, tuple[Path, str]], tmp_path: Path, capsys: pytest.CaptureFixture
+):
+    shutil.copy(SAMPLE / "images" / "Bengal_100.jpg", tmp_path / "pet.jpg")
+    for name, (path, expected) in bad_checkpoints.items():
+        code = evaluate.main([f"checkpoint={path}", "split=test", f"output={tmp_path / 'm.json'}"])
+        assert code == 2, name
+        assert_one_error_line(capsys.readouterr().err, expected)
+        code = inference.main([f"checkpoint={path}", f"input={tmp_path / 'pet.jpg'}", f"output={tmp_path}"])
+        assert code == 2, name
+        assert_one_error_line(capsys.readouterr().err, expected)
+    assert not (tmp_path / "m.json").exists() and not list(tmp_path.glob("*_mask.png"))
+
+
+def test_a_good_checkpoint_still_loads(bad_checkpoints: dict[str, tuple[Path, str]], tmp_path: Path):
+    wider_path, _ = bad_checkpoints["wider.pth"]
+    ckpt = load_checkpoint(wider_path)
+    ckpt["config"]["model"]["base_width"] = 8  # now config and weights agree
+    save_checkpoint(tmp_path / "ok.pth", ckpt)
+    from checkpoint import model_from_checkpoint
+
+    model = model_from_checkpoint(load_checkpoint(tmp_path / "ok.pth"))
+    assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 1, 32, 32)
