@@ -1,0 +1,93 @@
+"""runtime_from_config: what the trainer's 'auto' settings become on this (CPU) machine, and the
+errors for values that would otherwise be misread."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+import runtime
+from errors import PetsegError
+from runtime import Runtime, runtime_from_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def trainer_cfg(**overrides: object) -> DictConfig:
+    cfg = OmegaConf.load(ROOT / "configs" / "trainer" / "default.yaml")
+    cfg.device = "cpu"
+    return OmegaConf.merge(cfg, overrides)
+
+
+def test_defaults_resolve_to_the_measured_cpu_choices() -> None:
+    rt = runtime_from_config(trainer_cfg())
+    assert rt.device == torch.device("cpu")
+    assert rt.amp_dtype is None  # bf16 autocast is slower than fp32 on CPUs without AMX/AVX512-BF16
+    assert rt.channels_last is runtime.AUTO_CHANNELS_LAST["cpu"]
+    assert rt.compile is False  # opt-in: minutes of compile time
+
+
+def test_auto_on_cpu_follows_the_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    for choice in (True, False):
+        monkeypatch.setitem(runtime.AUTO_CHANNELS_LAST, "cpu", choice)
+        assert runtime_from_config(trainer_cfg(channels_last="auto")).channels_last is choice
+        # An explicit value always wins over the table.
+        assert runtime_from_config(trainer_cfg(channels_last=not choice)).channels_last is (not choice)
+
+
+def test_explicit_settings_are_kept() -> None:
+    rt = runtime_from_config(trainer_cfg(amp="bf16", channels_last=True, compile=True))
+    assert rt == Runtime(torch.device("cpu"), torch.bfloat16, channels_last=True, compile=True)
+    assert runtime_from_config(trainer_cfg(amp="off", channels_last=False)).channels_last is False
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("channels_last", "flase", "channels_last='flase' is not one of auto, true, false"),
+        ("compile", "auto", "compile='auto' is not one of true, false"),
+        ("compile", "yes", "compile='yes'"),
+        ("amp", "fp8", "trainer.amp=fp8"),
+    ],
+)
+def test_misspelt_values_are_user_errors(key: str, value: str, message: str) -> None:
+    with pytest.raises(PetsegError, match=message):
+        runtime_from_config(trainer_cfg(**{key: value}))
+
+
+def test_missing_keys_mean_the_defaults() -> None:
+    # Trainer configs saved in older checkpoints may lack the newer keys.
+    rt = runtime_from_config(OmegaConf.create({"device": "cpu"}))
+    assert rt.amp_dtype is None and rt.channels_last is runtime.AUTO_CHANNELS_LAST["cpu"] and not rt.compile
+
+
+def test_cuda_request_without_cuda_is_a_user_error() -> None:
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    with pytest.raises(PetsegError, match="CUDA is not available"):
+        runtime_from_config(trainer_cfg(device="cuda"))
+
+
+def test_channels_last_runtime_converts_model_and_input() -> None:
+    rt = Runtime(torch.device("cpu"), channels_last=True)
+    model = rt.prepare(torch.nn.Conv2d(3, 4, 3))
+    assert model.weight.is_contiguous(memory_format=torch.channels_last)
+    x = rt.to_input(torch.randn(2, 3, 8, 8))
+    assert x.is_contiguous(memory_format=torch.channels_last)
+    assert rt.to_input(torch.randn(2, 8)).shape == (2, 8)  # only 4-d batches change layout
+    plain = Runtime(torch.device("cpu"))
+    assert plain.to_input(torch.randn(2, 3, 8, 8)).is_contiguous()
+
+
+def test_compile_model_wraps_only_when_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[torch.nn.Module] = []
+    # Stand-in for torch.compile: importing dynamo alone takes seconds, and what matters is the call.
+    monkeypatch.setattr(torch, "compile", lambda m: calls.append(m) or torch.nn.Sequential(m))
+    model = torch.nn.Linear(2, 2)
+    assert Runtime(torch.device("cpu")).compile_model(model) is model and not calls
+    compiled = Runtime(torch.device("cpu"), compile=True).compile_model(model)
+    assert calls == [model] and compiled is not model
+    assert set(compiled.parameters()) == set(model.parameters())
