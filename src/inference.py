@@ -158,35 +158,35 @@ def _one_line(err: BaseException) -> str:
     return " ".join(str(err).split()) or type(err).__name__
 
 
-def predict_files(predictor: Predictor, files: list[Path], out_dir: Path) -> tuple[int, int]:
-    """Predict each file; a bad one is reported in one line and skipped. Returns (done, failed)."""
+def predict_file(predictor: Predictor, file: Path, name: str, out_dir: Path) -> np.ndarray:
+    """Read, predict and write one file; returns the overlay thumbnail. Anything wrong with this file
+    (or with writing its outputs) is a one-line PetsegError, so the caller can go on with the next."""
     from oxford_pet import read_image
 
+    try:
+        image = read_image(file)  # its PetsegError names the file already
+        return write_prediction(out_dir, name, image, predictor.predict(image))
+    except MemoryError:
+        raise PetsegError(f"{file}: too large to process in the memory available") from None
+    except OSError as err:  # writing the outputs: disk full, permissions
+        raise PetsegError(f"{file}: cannot write its outputs to {out_dir}: {_one_line(err)}") from None
+
+
+def predict_files(predictor: Predictor, files: list[Path], out_dir: Path) -> tuple[int, int]:
+    """Predict each file; a bad one is reported in one line and skipped. Returns (done, failed)."""
     done, failed = 0, 0
     overlays: list[tuple[str, np.ndarray]] = []
-    for file, name in zip(
-        tqdm(files, desc="predict", disable=len(files) < 2, dynamic_ncols=True),
-        output_names(files),
-        strict=True,
-    ):
+    bar = tqdm(files, desc="predict", disable=len(files) < 2, dynamic_ncols=True)
+    for file, name in zip(bar, output_names(files), strict=True):
         try:
-            image = read_image(file)
-            mask = predictor.predict(image)
-            picture = write_prediction(out_dir, name, image, mask)
-        except PetsegError as err:  # read_image names the file already
+            picture = predict_file(predictor, file, name, out_dir)
+        except PetsegError as err:
             tqdm.write(f"error: {_one_line(err)}", file=sys.stderr)
-        except MemoryError:
-            tqdm.write(f"error: {file}: too large to process in the memory available", file=sys.stderr)
-        except OSError as err:  # writing the outputs (disk full, permissions)
-            tqdm.write(
-                f"error: {file}: cannot write its outputs to {out_dir}: {_one_line(err)}", file=sys.stderr
-            )
-        else:
-            if len(overlays) < GRID_MAX_IMAGES:
-                overlays.append((name, picture))
-            done += 1
+            failed += 1
             continue
-        failed += 1
+        if len(overlays) < GRID_MAX_IMAGES:
+            overlays.append((name, picture))
+        done += 1
     write_grid(out_dir, overlays)
     return done, failed
 

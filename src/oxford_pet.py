@@ -561,12 +561,9 @@ def worker_init_fn(worker_id: int) -> None:
         dataset = dataset.dataset  # Subset and friends
     if dataset is not None and hasattr(dataset, "reseed"):
         dataset.reseed(seed)
-    # DataLoader already gives each worker one torch thread; OpenCV would still start a pool of one
-    # thread per core in every worker, and with the workers filling the cores that only adds hand-offs
-    # (~10% of a worker's CPU time in benchmarks/loader.py). Results do not depend on the thread count.
-    import cv2
-
-    cv2.setNumThreads(1)
+    # Not cv2.setNumThreads(1) here, although it saved ~10% of a worker's CPU in benchmarks/loader.py:
+    # in a forked worker whose parent already used OpenCV's thread pool it can deadlock (seen in the
+    # test suite under gdb).
 
 
 def build_dataloader(dataset: Dataset, data_cfg: Any, train: bool, seed: int = 0) -> DataLoader:
