@@ -13,13 +13,15 @@ Rows (``--variants``):
   memory format, ``torch.optim.AdamW`` with its own defaults for the device, the same loss, batch,
   lr and weight decay; no clipping, no compile. Its row is the denominator of the "vs smp" column.
 
-Timing: every row is built first, then rows take turns (``--repeats`` rounds of ``--steps`` timed steps
-each, after ``--warmup`` untimed steps per row), so a machine that is busy with something else slows
-every row alike; the median round is reported. Compile time shows in the "1st step" column. Memory:
-CUDA, torch.cuda.max_memory_allocated over the row's train steps (weights, optimizer state and
-activations); CPU, the peak RSS growth of a fresh subprocess that builds the row and runs
-warm-up + 2 train steps (Linux /proc or resource.getrusage; no psutil). "epoch" is the full
-3312-image train split at the measured train rate (model only: the loader is benchmarks/loader.py).
+Timing: every row is built and warmed up (``--warmup`` untimed steps) first; then, in each of
+``--repeats`` rounds, the rows take turns one step at a time for ``--steps`` timed steps each, so load
+from something else slows every row alike; the median round is reported. ``--clock cpu --threads 1``
+counts this process's CPU time instead of wall time: a busy-machine estimate of the work per image.
+Compile time shows in the "1st step" column. Memory: CUDA, torch.cuda.max_memory_allocated over the
+row's train steps (weights, optimizer state and activations); CPU, the peak RSS growth of a fresh
+subprocess that builds the row and runs warm-up + 2 train steps (Linux /proc or resource.getrusage;
+no psutil). "epoch" is the full 3312-image train split at the measured train rate (model only: the
+loader is benchmarks/loader.py).
 
     .venv/bin/python benchmarks/train_speed.py                   # CPU: the default rows + smp
     .venv/bin/python benchmarks/train_speed.py --variants default fp32 fp32+cl fp32+compile
@@ -365,17 +367,25 @@ def main(argv: list[str] | None = None) -> None:
         print(f"  built {row.label}: first train step {row.first_step_s:.1f} s", flush=True)
 
     for round_ in range(args.repeats):
-        for row in rows:
-            if cuda:
-                torch.cuda.reset_peak_memory_stats(device)
-            t = timed(lambda r=row: train_step(r, loss_fn, x, y), args.steps, device, args.clock)
-            row.train.append(args.batch_size * args.steps / t)
-            if cuda:
-                peak = torch.cuda.max_memory_allocated(device) / 2**20
-                row.memory_mb = max(row.memory_mb or 0.0, peak)
+        # Rows take turns step by step, so load that comes and goes hits every row alike.
+        train_s = dict.fromkeys(range(len(rows)), 0.0)
+        eval_s = dict.fromkeys(range(len(rows)), 0.0)
+        for _ in range(args.steps):
+            for i, row in enumerate(rows):
+                if cuda:
+                    torch.cuda.reset_peak_memory_stats(device)
+                train_s[i] += timed(lambda r=row: train_step(r, loss_fn, x, y), 1, device, args.clock)
+                if cuda:
+                    peak = torch.cuda.max_memory_allocated(device) / 2**20
+                    row.memory_mb = max(row.memory_mb or 0.0, peak)
+        if args.eval:
+            for _ in range(args.steps):
+                for i, row in enumerate(rows):
+                    eval_s[i] += timed(lambda r=row: eval_step(r, x), 1, device, args.clock)
+        for i, row in enumerate(rows):
+            row.train.append(args.batch_size * args.steps / train_s[i])
             if args.eval:
-                t = timed(lambda r=row: eval_step(r, x), args.steps, device, args.clock)
-                row.eval.append(args.batch_size * args.steps / t)
+                row.eval.append(args.batch_size * args.steps / eval_s[i])
         rates = ", ".join(f"{r.label} {r.train[-1]:.2f}" for r in rows)
         print(f"  round {round_ + 1}: train images/s: {rates}", flush=True)
 
