@@ -199,6 +199,7 @@ RESUME_MAY_CHANGE = (
     "trainer.threads",
     "trainer.compile",
     "trainer.channels_last",
+    "trainer.retain_host_memory",
     "trainer.deterministic",
     "trainer.overlays",
     "trainer.checkpoint",

@@ -3,6 +3,8 @@ errors for values that would otherwise be misread."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -39,7 +41,9 @@ def test_auto_on_cpu_follows_the_table(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_explicit_settings_are_kept() -> None:
-    rt = runtime_from_config(trainer_cfg(amp="bf16", channels_last=True, compile=True))
+    rt = runtime_from_config(
+        trainer_cfg(amp="bf16", channels_last=True, compile=True, retain_host_memory=False)
+    )
     assert rt == Runtime(torch.device("cpu"), torch.bfloat16, channels_last=True, compile=True)
     assert runtime_from_config(trainer_cfg(amp="off", channels_last=False)).channels_last is False
 
@@ -91,3 +95,41 @@ def test_compile_model_wraps_only_when_asked(monkeypatch: pytest.MonkeyPatch) ->
     compiled = Runtime(torch.device("cpu"), compile=True).compile_model(model)
     assert calls == [model] and compiled is not model
     assert set(compiled.parameters()) == set(model.parameters())
+
+
+_FAULTS_SCRIPT = """
+import resource, sys
+import torch
+sys.path.insert(0, {src!r})
+from runtime import retain_freed_memory
+if sys.argv[1] == "retain":
+    assert retain_freed_memory()
+torch.empty(64 << 20, dtype=torch.uint8).fill_(1)  # first touch: faults in either mode
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(10):
+    torch.empty(64 << 20, dtype=torch.uint8).fill_(1)  # allocate, touch and free 64 MiB
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc tuning is Linux-only")
+def test_retained_memory_stops_refaulting_freed_blocks() -> None:
+    """What trainer.retain_host_memory buys: a freed big block is reused instead of being unmapped and
+    faulted in (zeroed) again at the next step. Each mode runs in a fresh process: the tuning is
+    process-wide and one-way."""
+    script = _FAULTS_SCRIPT.format(src=str(ROOT / "src"))
+
+    def faults(mode: str) -> int:
+        out = subprocess.run([sys.executable, "-c", script, mode], capture_output=True, text=True, check=True)
+        return int(out.stdout.strip().splitlines()[-1])
+
+    plain, retained = faults("plain"), faults("retain")
+    assert plain > 10 * 16384 * 0.9  # 10 x 64 MiB of 4 KiB pages, faulted in again every time
+    assert retained < plain / 20
+
+
+def test_retain_host_memory_defaults_to_cpu_only() -> None:
+    assert runtime_from_config(trainer_cfg()).retain_memory is sys.platform.startswith("linux")
+    assert runtime_from_config(trainer_cfg(retain_host_memory=False)).retain_memory is False
+    with pytest.raises(PetsegError, match="retain_host_memory"):
+        runtime_from_config(trainer_cfg(retain_host_memory="yes"))
