@@ -566,15 +566,21 @@ def worker_init_fn(worker_id: int) -> None:
     # test suite under gdb).
 
 
-def build_dataloader(dataset: Dataset, data_cfg: Any, train: bool, seed: int = 0) -> DataLoader:
+def build_dataloader(
+    dataset: Dataset, data_cfg: Any, train: bool, seed: int = 0, rank: int = 0, world_size: int = 1
+) -> DataLoader:
     """DataLoader with a reproducible order and augmentation for a given seed.
 
     Train: a sampler.EpochSampler (shuffled per epoch from (seed, epoch), resumable mid-epoch through
     ``loader.sampler.set_epoch(epoch, start=...)``, and one augmentation seed per sample), last incomplete
     batch dropped (a batch of 1 breaks BatchNorm; a split smaller than one batch gives no batch, which
     the trainer reports). Valid/test: list order, every sample, no augmentation.
+
+    Under DDP (``world_size`` > 1) each rank loads its shard: train, every world_size-th position of
+    the same per-epoch permutation (equal lengths, so ranks step in lockstep); valid/test, every
+    world_size-th image without padding, so summed metrics count each image exactly once.
     """
-    from sampler import EpochSampler  # src/sampler.py: the trainer relies on its set_epoch()
+    from sampler import EpochSampler, ShardSampler  # src/sampler.py: the trainer relies on set_epoch()
 
     batch_size = int(_cfg(data_cfg, "batch_size", 8))
     num_workers = int(_cfg(data_cfg, "num_workers", 0))
@@ -587,10 +593,14 @@ def build_dataloader(dataset: Dataset, data_cfg: Any, train: bool, seed: int = 0
     generator.manual_seed(seed)
     if num_workers == 0 and hasattr(dataset, "reseed"):
         dataset.reseed(seed)  # in-process loading of plain indices: no worker_init_fn runs
+    if train:
+        sampler: Any = EpochSampler(len(dataset), seed=seed, shuffle=True, rank=rank, world_size=world_size)
+    else:
+        sampler = ShardSampler(len(dataset), rank, world_size) if world_size > 1 else None
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        sampler=EpochSampler(len(dataset), seed=seed, shuffle=True) if train else None,
+        sampler=sampler,
         drop_last=train,
         num_workers=num_workers,
         generator=generator,
