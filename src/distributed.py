@@ -108,6 +108,15 @@ def all_gather_list(items: list[Any], info: DistInfo) -> list[Any]:
     return [item for part in gathered for item in part]
 
 
+def broadcast_object(value: Any, info: DistInfo) -> Any:
+    """Rank 0's ``value`` on every rank (picklable objects)."""
+    if not info.enabled:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()

@@ -7,3 +7,7 @@ mistake (bad config, missing file) never ends in a stack trace. Internal bugs st
 
 class PetsegError(Exception):
     """An error caused by user input (config, files, data); its message is shown as is."""
+
+
+class TrainingDiverged(PetsegError):
+    """The loss or the weights became NaN/inf: a property of one run's settings (a sweep goes on)."""

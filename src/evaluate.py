@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from tqdm import tqdm
 
+from distributed import SINGLE, DistInfo, all_gather_list, all_sum
 from runtime import Runtime
 from utils import DiceMeter, binarize
 
@@ -33,11 +34,16 @@ def evaluate(
     progress: bool = True,
     desc: str = "eval",
     on_batch: Any = None,
+    dist: DistInfo = SINGLE,
 ) -> dict[str, Any]:
     """Score a model on a loader: mean per-image Dice, pooled Dice, mean loss, image count.
 
     ``on_batch(batch, logits, dice)`` lets callers (overlays, galleries) see predictions without a
     second pass. Returns also ``per_image``: a list of (name, dice) pairs.
+
+    Under DDP (``dist.enabled``) every rank scores its shard (sampler.ShardSampler: every
+    world_size-th image, no padding) and the counts are summed over ranks, so every rank returns the
+    numbers a single process computes on the whole split; per_image is put back in list order.
     """
     was_training = model.training
     model.eval()
@@ -63,13 +69,29 @@ def evaluate(
             on_batch(batch, logits, dice)
         bar.set_postfix(dice=f"{meter.mean:.4f}")
     model.train(was_training)
+    per_image = list(zip(names, meter.per_image, strict=True))
+    if dist.enabled:
+        sums = [meter.intersection, meter.total, loss_sum, loss_count]
+        meter.intersection, meter.total, loss_sum, loss_count = all_sum(sums, dist, runtime.device)
+        per_image = interleave_shards(all_gather_list([per_image], dist))
+        meter.per_image = [dice for _, dice in per_image]
+        meter.count = len(per_image)
+        meter.dice_sum = sum(meter.per_image)  # in list order: the single-process sum, term for term
     return {
         "dice": meter.mean,
         "dice_pooled": meter.pooled,
         "loss": loss_sum / loss_count if loss_count else None,
         "count": meter.count,
-        "per_image": list(zip(names, meter.per_image, strict=True)),
+        "per_image": per_image,
     }
+
+
+def interleave_shards(shards: list[list[Any]]) -> list[Any]:
+    """Undo ShardSampler's split: rank r's k-th item is item r + k * world_size of the whole list."""
+    merged: list[Any] = []
+    for k in range(max((len(s) for s in shards), default=0)):
+        merged.extend(shard[k] for shard in shards if k < len(shard))
+    return merged
 
 
 # ------------------------------------------------------------------------------------------ command

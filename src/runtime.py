@@ -12,6 +12,7 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
+from distributed import SINGLE, DistInfo, device_for
 from errors import PetsegError
 from utils import resolve_device
 
@@ -95,9 +96,10 @@ class Runtime:
         return torch.compile(model) if self.compile else model
 
 
-def runtime_from_config(trainer: DictConfig) -> Runtime:
-    """Resolve the 'auto' settings of the trainer group into concrete choices for this machine."""
-    device = resolve_device(str(trainer.device))
+def runtime_from_config(trainer: DictConfig, dist: DistInfo = SINGLE) -> Runtime:
+    """Resolve the 'auto' settings of the trainer group into concrete choices for this machine (and,
+    under DDP, this rank: its own GPU)."""
+    device = device_for(dist, resolve_device(str(trainer.device)))
     if trainer.get("threads"):
         torch.set_num_threads(int(trainer.threads))
     if device.type == "cuda" and not torch.cuda.is_available():

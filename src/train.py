@@ -11,6 +11,13 @@ an override that conflicts with it is an error, except trainer.epochs and settin
 the computation (see ``trainer.config_for_resume``). Giving ``hydra.run.dir=<other dir>`` as well
 branches the run into that dir instead.
 
+Several processes: ``torchrun --nproc_per_node=N src/train.py <overrides>`` trains one run with
+DistributedDataParallel (src/trainer.py); rank 0 owns the run dir and its logs, the other ranks write
+nothing (their Hydra output is switched off on the command line, before Hydra starts).
+
+In a multirun, a job whose loss diverges (NaN/inf) is logged and returns NaN, so the sweep goes on and
+Optuna records that trial as failed; any other user mistake still stops the sweep.
+
 Exit codes: 0 done; 2 a user mistake (config, files, data, a diverging loss), one line on stderr, no
 traceback; 128 + signal number after SIGINT/SIGTERM (130, 143), with last.pth saved and the resume
 command printed; 1 an internal error (with its traceback).
@@ -26,10 +33,11 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import CompactHydraException, MissingConfigException
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from cli import CONFIG_DIR, USAGE_ERROR, hydra_quote, resolve_resume, unknown_option_message
-from errors import PetsegError
+from errors import PetsegError, TrainingDiverged
 
 log = logging.getLogger("petseg.train")
 
@@ -57,6 +65,12 @@ def main(cfg: DictConfig) -> float:
             cfg = config_for_resume(cfg, list(hydra_cfg.overrides.task))
         validate_train_config(cfg)
         return fit(cfg, run_dir)
+    except TrainingDiverged as err:
+        if hydra_cfg.mode != RunMode.MULTIRUN:
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(USAGE_ERROR)
+        log.error("job %s diverged, the sweep goes on: %s", hydra_cfg.job.num, err)
+        return float("nan")
     except TrainingInterrupted as stop:
         log.warning("%s", stop)
         sys.exit(stop.exit_code)
@@ -98,6 +112,32 @@ def continue_in_resumed_run(argv: list[str]) -> list[str]:
     ]
 
 
+def distributed_rank() -> int | None:
+    """This process's rank when a launcher (torchrun, SLURM tasks) started several; None otherwise."""
+    world = os.environ.get("WORLD_SIZE") or os.environ.get("SLURM_NTASKS")
+    if not world or int(world) <= 1:
+        return None
+    return int(os.environ.get("RANK") or os.environ.get("SLURM_PROCID") or 0)
+
+
+def quiet_other_ranks(argv: list[str]) -> list[str]:
+    """Under torchrun, Hydra runs in every process: only rank 0 may create the run dir, its .hydra/
+    record and train.log. The others get a run dir of '.' (exists: nothing is created) and no Hydra
+    output or log file; the trainer hands them rank 0's run dir. Sweeps and torchrun do not mix."""
+    rank = distributed_rank()
+    if rank is None:
+        return argv
+    if "-m" in argv or "--multirun" in argv:
+        raise PetsegError(
+            "torchrun trains one run on several processes; run sweeps (-m) without torchrun, "
+            "or give each sweep job its GPUs through a launcher"
+        )
+    if rank == 0:
+        return argv
+    keep = [a for a in argv if not a.lstrip("+").startswith(("hydra.run.dir=", "hydra.output_subdir="))]
+    return [*keep, "hydra.run.dir=.", "hydra.output_subdir=null", "hydra/job_logging=disabled"]
+
+
 def hydra_error_message(err: CompactHydraException) -> str:
     """One line for Hydra's complaint about the command line (an unknown option, key or syntax)."""
     if isinstance(err, MissingConfigException) and err.missing_cfg_file and "/" in err.missing_cfg_file:
@@ -129,7 +169,8 @@ def cli(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     saved_argv, saved_full_error = sys.argv, os.environ.get("HYDRA_FULL_ERROR")
     try:
-        sys.argv = [saved_argv[0] if saved_argv else "train.py", *continue_in_resumed_run(argv)]
+        argv = quiet_other_ranks(continue_in_resumed_run(argv))
+        sys.argv = [saved_argv[0] if saved_argv else "train.py", *argv]
         os.environ["HYDRA_FULL_ERROR"] = "1"
         main()
         return 0

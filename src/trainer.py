@@ -15,6 +15,13 @@ epoch/step, best metric, history and the Python/NumPy/torch random states; the d
 augmentation are a function of (seed, epoch, position) (``sampler.EpochSampler``), so with
 ``trainer.deterministic=true`` a resumed run ends bit-identical to one never stopped.
 ``config_for_resume`` says which config a resumed run uses.
+
+Multi-process (``torchrun --nproc_per_node=N src/train.py ...``): the model is wrapped in
+DistributedDataParallel; each rank trains on its shard of every epoch (``sampler.EpochSampler``) and
+validates on its shard (``sampler.ShardSampler``), with metrics summed over ranks, so the logged numbers
+equal a single-process evaluation of the same weights. Per step the ranks also agree on the loss and on
+a stop request, so a NaN or a signal ends every rank at the same step. Only rank 0 writes logs,
+TensorBoard events and checkpoints. ``trainer.sync_batchnorm`` converts BatchNorm to SyncBatchNorm.
 """
 
 from __future__ import annotations
@@ -46,13 +53,24 @@ from checkpoint import (
     save_checkpoint,
 )
 from cli import hydra_quote, resolve_resume
-from errors import PetsegError
+from distributed import (
+    SINGLE,
+    DistInfo,
+    all_sum,
+    broadcast_buffers,
+    broadcast_object,
+    init_distributed,
+    shutdown,
+    wrap_model,
+)
+from errors import PetsegError, TrainingDiverged
 from evaluate import evaluate
 from losses import build_loss
 from models import build_model
 from optim import build_optimizer, build_scheduler
 from oxford_pet import build_dataloader, build_dataset
 from runtime import Runtime, runtime_from_config
+from tb_hparams import write_hparams_end, write_hparams_start
 from utils import binarize, denormalize, dice_per_image, overlay, seed_everything
 
 log = logging.getLogger("petseg.train")
@@ -96,11 +114,18 @@ class StopSignals:
     def __init__(self) -> None:
         self.signum: int | None = None
         self._previous: dict[int, Any] = {}
+        self._first_at = 0.0
+        # Seconds after the first signal in which another one counts as the same request. Under
+        # torchrun a Ctrl-C reaches each worker twice: from the terminal, then forwarded by the agent.
+        self.debounce_s = 0.0
 
     def _handle(self, signum: int, _frame: Any) -> None:
         if self.signum is not None:  # a second signal: the user does not want to wait for the save
+            if time.monotonic() - self._first_at < self.debounce_s:
+                return
             raise ForcedStop(signum)
         self.signum = signum
+        self._first_at = time.monotonic()
         log.warning(
             "%s received: finishing the current step, then saving last.pth (send it again to stop at "
             "once, unsaved)",
@@ -201,6 +226,7 @@ RESUME_MAY_CHANGE = (
     "trainer.channels_last",
     "trainer.retain_host_memory",
     "trainer.deterministic",
+    "trainer.sync_batchnorm",
     "trainer.overlays",
     "trainer.checkpoint",
     "data.root",
@@ -303,31 +329,48 @@ def config_for_resume(cfg: DictConfig, overrides: list[str]) -> DictConfig:
 class Trainer:
     """Builds everything from the config once, then runs epochs; one instance per run."""
 
-    def __init__(self, cfg: DictConfig, run_dir: Path, stop: StopSignals | None = None) -> None:
+    def __init__(
+        self, cfg: DictConfig, run_dir: Path, stop: StopSignals | None = None, dist: DistInfo = SINGLE
+    ) -> None:
         self.cfg = cfg
-        self.run_dir = Path(run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.dist = dist
+        # Every rank works in rank 0's run dir (Hydra gave the others a dummy one); only rank 0 writes.
+        self.run_dir = Path(broadcast_object(str(run_dir), dist))
         # Only a flag that handlers set: a Trainer built without fit() just never sees a signal.
         self.stop = stop if stop is not None else StopSignals()
-        for leftover in remove_partial_writes(self.run_dir):
-            log.info("removed %s, left by a save that was killed", leftover.name)
+        if dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            for leftover in remove_partial_writes(self.run_dir):
+                log.info("removed %s, left by a save that was killed", leftover.name)
         t = cfg.trainer
         seed_everything(int(t.seed), bool(t.deterministic))
-        self.runtime: Runtime = runtime_from_config(t)
+        self.runtime: Runtime = runtime_from_config(t, dist)
         self.model = self.runtime.prepare(build_model(**cfg.model))
+        if t.get("sync_batchnorm", False):
+            if not dist.enabled:
+                log.info("trainer.sync_batchnorm is only used with several processes (torchrun)")
+            elif self.runtime.device.type != "cuda":
+                raise PetsegError(
+                    "trainer.sync_batchnorm needs CUDA devices (SyncBatchNorm has no CPU kernel)"
+                )
+            else:
+                # Statistics over the global batch; same parameters and buffers, so checkpoints load anywhere.
+                self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.train_set = build_dataset(cfg.data, cfg.aug, "train")
         self.val_set = build_dataset(cfg.data, cfg.aug, "valid")
-        self.train_loader = build_dataloader(self.train_set, cfg.data, train=True, seed=int(t.seed))
-        self.val_loader = build_dataloader(self.val_set, cfg.data, train=False)
+        shard = {"rank": dist.rank, "world_size": dist.world_size}
+        self.train_loader = build_dataloader(self.train_set, cfg.data, train=True, seed=int(t.seed), **shard)
+        self.val_loader = build_dataloader(self.val_set, cfg.data, train=False, **shard)
         shield_workers(self.train_loader)
         shield_workers(self.val_loader)
         self.steps_per_epoch = len(self.train_loader)
         if t.limit_train_batches is not None:
             self.steps_per_epoch = min(self.steps_per_epoch, int(t.limit_train_batches))
         if self.steps_per_epoch == 0:
+            per = f" per process ({dist.world_size} processes)" if dist.enabled else ""
             raise PetsegError(
                 f"the train split has {len(self.train_set)} images, fewer than one batch of "
-                f"{cfg.data.batch_size}: lower data.batch_size"
+                f"{cfg.data.batch_size}{per}: lower data.batch_size"
             )
         self.optimizer = build_optimizer(cfg.optim, self.model, self.runtime.device)
         self.scheduler = build_scheduler(cfg.sched, self.optimizer, self.steps_per_epoch, int(t.epochs))
@@ -339,11 +382,15 @@ class Trainer:
         self.resumed_from: Path | None = None
         if t.resume:
             self._restore(resolve_resume(t.resume))
-        # The compiled wrapper shares parameters with self.model; checkpoints use self.model.
-        self.train_model = torch.compile(self.model) if t.compile else self.model
+        # DDP (several processes) and the compiled wrapper share parameters with self.model, which is
+        # what checkpoints save and evaluation runs (DDP's forward would sync buffers, and the eval
+        # shards differ in length, so eval must not go through it).
+        self.train_model = wrap_model(self.model, dist)
+        if t.compile:
+            self.train_model = torch.compile(self.train_model)
         self.threshold = float(t.threshold)
         log.info(
-            "model %s (%.2fM params) on %s, amp=%s, channels_last=%s; %d train / %d valid images",
+            "model %s (%.2fM params) on %s, amp=%s, channels_last=%s; %d train / %d valid images%s",
             cfg.model.name,
             sum(p.numel() for p in self.model.parameters()) / 1e6,
             self.runtime.device,
@@ -351,6 +398,9 @@ class Trainer:
             self.runtime.channels_last,
             len(self.train_set),
             len(self.val_set),
+            f"; {dist.world_size} processes (DDP), global batch {dist.world_size * int(cfg.data.batch_size)}"
+            if dist.enabled
+            else "",
         )
 
     # ------------------------------------------------------------------------------ checkpoints
@@ -369,6 +419,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "rng": capture_rng(),
             "train_images": len(self.train_set),
+            "world_size": self.dist.world_size,
         }
 
     def _restore(self, path: Path) -> None:
@@ -385,6 +436,12 @@ class Trainer:
             raise PetsegError(
                 f"{path} was trained on {ckpt['train_images']} train images, but {self.cfg.data.root} "
                 f"has {len(self.train_set)}: resume on the same data"
+            )
+        saved_world = int(ckpt.get("world_size", 1))
+        if saved_world != self.dist.world_size and int(ckpt["progress"]["step"]) > 0:
+            raise PetsegError(
+                f"{path} was saved mid-epoch by {saved_world} process(es); resume it with the same "
+                f"number (now {self.dist.world_size}), or from a checkpoint saved at an epoch's end"
             )
         try:
             self.model.load_state_dict(ckpt["model"])
@@ -409,14 +466,16 @@ class Trainer:
     def _non_finite(self, what: str) -> PetsegError:
         last = self.run_dir / "last.pth"
         kept = f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint was saved yet"
-        return PetsegError(f"{what}: stopping ({kept}); lower optim.lr or set trainer.grad_clip")
+        return TrainingDiverged(f"{what}: stopping ({kept}); lower optim.lr or set trainer.grad_clip")
 
     def _save(self, name: str) -> Path:
-        # A weight that overflowed must never replace the last good checkpoint.
+        # A weight that overflowed must never replace the last good checkpoint. The weights are the
+        # same on every rank (DDP), so every rank takes the same branch; only rank 0 writes.
         for key, value in self.model.state_dict().items():
             if value.is_floating_point() and not bool(torch.isfinite(value).all()):
                 raise self._non_finite(f"weight {key} became non-finite {self._where()}")
-        return save_checkpoint(self.run_dir / name, self._state())
+        path = self.run_dir / name
+        return save_checkpoint(path, self._state()) if self.dist.is_main else path
 
     # ------------------------------------------------------------------------------------ epochs
     def fit(self) -> float:
@@ -426,16 +485,23 @@ class Trainer:
         # (a crash after logging an epoch but before saving it, or a resume from an older checkpoint):
         # each epoch then appears exactly once in the same log.
         purge = self.progress.epoch + 1 if self.resumed_from is not None else None
-        writer = SummaryWriter(log_dir=str(self.run_dir / "tb"), purge_step=purge)
+        writer = None
+        if self.dist.is_main:
+            writer = SummaryWriter(log_dir=str(self.run_dir / "tb"), purge_step=purge)
         started = time.time()
         try:
+            if writer is not None:
+                write_hparams_start(writer, self.cfg)
             for epoch in range(self.progress.epoch, epochs):
                 self._check_stop()  # a signal during setup, validation or the last save
                 train_metrics = self._train_epoch(epoch, epochs)
                 val_metrics, samples = self._validate(epoch, epochs)
                 self._end_epoch(epoch, epochs, train_metrics, val_metrics, samples, writer)
+            if writer is not None:
+                self._write_final_metrics(writer, time.time() - started)
         finally:
-            writer.close()
+            if writer is not None:
+                writer.close()
         log.info(
             "done in %.1f min: best val Dice %.4f at epoch %d",
             (time.time() - started) / 60,
@@ -444,6 +510,18 @@ class Trainer:
         )
         self._export()
         return self.progress.best_metric
+
+    def _write_final_metrics(self, writer: SummaryWriter, seconds: float) -> None:
+        p = self.progress
+        last = p.history[-1] if p.history else {}
+        metrics = {
+            "hparams/best_val_dice": p.best_metric,
+            "hparams/best_epoch": float(p.best_epoch),
+            "hparams/final_val_dice": last.get("val/dice", float("nan")),
+            "hparams/final_train_dice": last.get("train/dice", float("nan")),
+            "hparams/minutes": seconds / 60,  # of this invocation (a resumed run: since the resume)
+        }
+        write_hparams_end(writer, metrics, p.epoch)
 
     def _train_epoch(self, epoch: int, epochs: int) -> dict[str, float]:
         p = self.progress
@@ -454,7 +532,11 @@ class Trainer:
         every = int(self.cfg.trainer.checkpoint.get("every_n_steps") or 0)
         # `with`: the bar is closed on any exit, so an error or the resume command gets its own line.
         with tqdm(
-            total=self.steps_per_epoch, initial=p.step, desc=f"epoch {epoch + 1}/{epochs}", dynamic_ncols=True
+            total=self.steps_per_epoch,
+            initial=p.step,
+            desc=f"epoch {epoch + 1}/{epochs}",
+            dynamic_ncols=True,
+            disable=not self.dist.is_main,
         ) as bar:
             for batch in self.train_loader if p.step < self.steps_per_epoch else ():
                 images = self.runtime.to_input(batch["image"])
@@ -463,7 +545,14 @@ class Trainer:
                 with self.runtime.autocast():
                     logits = self.train_model(images)
                 loss = self.loss_fn(logits.float(), masks)
-                loss_value = loss.detach().item()
+                n = len(images)
+                dice_sum = float(dice_per_image(binarize(logits.detach(), self.threshold), masks > 0.5).sum())
+                # Under DDP every rank sees the global sums, so the same NaN stops every rank.
+                loss_total, dice_sum, n = all_sum(
+                    [loss.detach().item() * n, dice_sum, float(n)], self.dist, self.runtime.device
+                )
+                n = int(n)
+                loss_value = loss_total / n
                 if not math.isfinite(loss_value):
                     raise self._non_finite(
                         f"loss became {loss_value} at epoch {epoch + 1}, step {p.step + 1}"
@@ -475,11 +564,8 @@ class Trainer:
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
                 self.scheduler.step()
-                n = len(images)
-                p.loss_sum += loss_value * n
-                p.dice_sum += float(
-                    dice_per_image(binarize(logits.detach(), self.threshold), masks > 0.5).sum()
-                )
+                p.loss_sum += loss_total
+                p.dice_sum += dice_sum
                 p.seen += n
                 p.step += 1
                 p.global_step += 1
@@ -493,8 +579,14 @@ class Trainer:
         return {"loss": p.loss_sum / max(p.seen, 1), "dice": p.dice_sum / max(p.seen, 1)}
 
     def _check_stop(self) -> None:
-        if self.stop.signum is not None:
-            self._interrupt(self.stop.signum)
+        signum = self.stop.signum
+        if self.dist.enabled:
+            # A collective: a signal may reach one rank a step before another, yet all must stop at
+            # the same step (or none), or the others would wait forever in the next all-reduce.
+            anyone = all_sum([1.0 if signum else 0.0], self.dist, self.runtime.device)[0] > 0
+            signum = (signum or signal.SIGTERM) if anyone else None
+        if signum is not None:
+            self._interrupt(int(signum))
 
     def _interrupt(self, signum: int) -> None:
         path = self._save("last.pth")
@@ -521,6 +613,8 @@ class Trainer:
                     )
                 )
 
+        # Each rank's BatchNorm statistics followed its own last batches: score rank 0's (the saved ones).
+        broadcast_buffers(self.model, self.dist)
         metrics = evaluate(
             self.model,
             self.val_loader,
@@ -528,8 +622,10 @@ class Trainer:
             loss_fn=self.loss_fn,
             threshold=self.threshold,
             limit_batches=self.cfg.trainer.limit_val_batches,
+            progress=self.dist.is_main,
             desc=f"valid {epoch + 1}/{epochs}",
-            on_batch=keep if want else None,
+            on_batch=keep if want and self.dist.is_main else None,
+            dist=self.dist,
         )
         return metrics, samples
 
@@ -544,7 +640,7 @@ class Trainer:
         train_metrics: dict[str, float],
         val_metrics: dict[str, Any],
         samples: list,
-        writer: SummaryWriter,
+        writer: SummaryWriter | None,
     ) -> None:
         p = self.progress
         step = epoch + 1  # TensorBoard x axis: epochs, 1-based
@@ -560,12 +656,13 @@ class Trainer:
             "val/dice_pooled": val_metrics["dice_pooled"],
             "lr": lr,
         }
-        for key, value in record.items():
-            if key != "epoch":
-                writer.add_scalar(key, value, step)
-        if samples:
-            writer.add_image("val/overlays", overlay_grid(samples), step, dataformats="HWC")
-        writer.flush()
+        if writer is not None:
+            for key, value in record.items():
+                if key != "epoch":
+                    writer.add_scalar(key, value, step)
+            if samples:
+                writer.add_image("val/overlays", overlay_grid(samples), step, dataformats="HWC")
+            writer.flush()
         p.epoch, p.step = step, 0
         p.loss_sum = p.dice_sum = 0.0
         p.seen = 0
@@ -589,12 +686,12 @@ class Trainer:
         if ckpt_cfg.save_last or improved:
             # last.pth is written even when save_last is off and only best is wanted: best.pth is a copy.
             self._save("last.pth")
-        if improved and ckpt_cfg.save_best:
+        if improved and ckpt_cfg.save_best and self.dist.is_main:
             copy_checkpoint(self.run_dir / "last.pth", self.run_dir / "best.pth")
 
     def _export(self) -> None:
         ckpt_cfg = self.cfg.trainer.checkpoint
-        if not ckpt_cfg.export_dir or not (self.run_dir / "best.pth").is_file():
+        if not self.dist.is_main or not ckpt_cfg.export_dir or not (self.run_dir / "best.pth").is_file():
             return
         if is_multirun() and not ckpt_cfg.export_in_multirun:
             log.info(
@@ -621,4 +718,12 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> float:
     saved last.pth and the resume command rather than a traceback.
     """
     with StopSignals() as stop:
-        return Trainer(cfg, Path(run_dir), stop).fit()
+        dist = init_distributed()
+        try:
+            if dist.enabled:
+                stop.debounce_s = 2.0
+                if not dist.is_main:
+                    logging.getLogger("petseg").setLevel(logging.WARNING)  # rank 0 tells the story
+            return Trainer(cfg, Path(run_dir), stop, dist).fit()
+        finally:
+            shutdown(dist)

@@ -1,0 +1,80 @@
+"""TensorBoard's HParams tab: every run's hyperparameters beside its final metrics.
+
+``tensorboard --logdir outputs/multirun/<sweep>`` then lists the jobs of a sweep as rows of one table
+(and parallel-coordinates plot) with their settings and best validation Dice. Written into the run's own
+``tb/`` log (not the timestamped sub-run ``SummaryWriter.add_hparams`` makes), so scalars, images and
+hparams of a run stay one run in TensorBoard: the session start at the beginning (a crashed run still
+shows its settings), the metrics and the session end when training finishes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.summary import hparams
+
+# What the tab shows per run (the trainer logs them as scalars at the end, at step = epochs trained).
+METRICS = (
+    "hparams/best_val_dice",
+    "hparams/best_epoch",
+    "hparams/final_val_dice",
+    "hparams/final_train_dice",
+    "hparams/minutes",
+)
+# Whole groups a sweep varies, and single keys of the others worth a column.
+GROUPS = ("model", "optim", "sched", "loss", "aug")
+KEYS = (
+    "data.image_size",
+    "data.batch_size",
+    "trainer.epochs",
+    "trainer.seed",
+    "trainer.grad_clip",
+    "trainer.amp",
+)
+
+HParam = bool | int | float | str
+
+
+def hparam_values(cfg: DictConfig) -> dict[str, HParam]:
+    """The config's hyperparameters as flat ``group.key`` -> bool/int/float/str (TensorBoard's types)."""
+    container = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(container, dict)
+    flat: dict[str, HParam] = {}
+
+    def add(key: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for sub, inner in value.items():
+                add(f"{key}.{sub}", inner)
+        elif isinstance(value, bool | int | float | str):
+            flat[key] = value
+        else:  # None, lists (betas, decoder widths): shown as text
+            flat[key] = "null" if value is None else str(value)
+
+    for group in GROUPS:
+        if group in container:
+            add(group, container[group])
+    for key in KEYS:
+        value = OmegaConf.select(cfg, key, default=None)
+        add(key, value)
+    return flat
+
+
+def write_hparams_start(writer: SummaryWriter, cfg: DictConfig) -> None:
+    experiment, session_start, _ = hparams(hparam_values(cfg), dict.fromkeys(METRICS, 0.0))
+    writer.file_writer.add_summary(experiment)
+    writer.file_writer.add_summary(session_start)
+    writer.flush()
+
+
+def write_hparams_end(writer: SummaryWriter, metrics: dict[str, float], step: int) -> None:
+    """Log ``metrics`` (keys of METRICS) and close the session: the run shows as finished."""
+    unknown = set(metrics) - set(METRICS)
+    if unknown:
+        raise ValueError(f"not hparams metrics: {sorted(unknown)}")
+    for key, value in metrics.items():
+        writer.add_scalar(key, value, step)
+    _, _, session_end = hparams({}, {})
+    writer.file_writer.add_summary(session_end)
+    writer.flush()
