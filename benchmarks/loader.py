@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader  # noqa: E402
 from oxford_pet import build_dataloader, build_dataset  # noqa: E402  (needs src/ on sys.path first)
 
 MODES = ("decode", "cache")
+TRANSPORTS = ("uint8", "float")  # how items leave the workers: build_dataloader(compact=True / False)
 
 
 def data_config(args: argparse.Namespace, cache: bool) -> DictConfig:
@@ -98,6 +99,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cache-dir", type=Path, default=REPO / ".cache" / "petseg")
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     parser.add_argument(
+        "--transports",
+        nargs="+",
+        choices=TRANSPORTS,
+        default=["uint8"],
+        help="uint8: what build_dataloader does (compact items, expanded in the main process); "
+        "float: the float items themselves through shared memory (the former path)",
+    )
+    parser.add_argument(
         "--clock",
         choices=("wall", "cpu"),
         default="wall",
@@ -115,31 +124,38 @@ def main(argv: list[str] | None = None) -> None:
         if dataset.cache is not None:
             state = "built" if dataset.cache.built else "reused (already on disk)"
             print(f"cache {state} in {setup:.1f} s for {len(dataset)} images ({args.cache_dir})")
-        loaders[mode] = build_dataloader(dataset, cfg, train=True, seed=0)
+        for transport in args.transports:
+            key = mode if len(args.transports) == 1 else f"{mode}/{transport}"
+            loaders[key] = build_dataloader(dataset, cfg, train=True, seed=0, compact=transport == "uint8")
 
     print(
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; train split of {args.root} "
         f"({len(dataset)} images), {args.size}x{args.size}, batch {args.batch_size}, "
-        f"{args.workers} workers, aug=default; {args.warmup} warm-up + {args.batches} timed batches, "
+        f"{args.workers} workers, aug=default, items as {'/'.join(args.transports)}; "
+        f"{args.warmup} warm-up + {args.batches} timed batches, "
         f"{args.repeats} alternating repeats"
         + ("; CPU-time clock (images per CPU-second, main + workers)" if args.clock == "cpu" else "")
     )
-    rates: dict[str, list[float]] = {mode: [] for mode in args.modes}
+    rates: dict[str, list[float]] = {key: [] for key in loaders}
     for repeat in range(args.repeats):
-        for mode in args.modes:
-            rate = measure(loaders[mode], args.warmup, args.batches, args.clock)
-            rates[mode].append(rate)
-            print(f"  repeat {repeat + 1}: {mode:<6} {rate:7.1f} images/s", flush=True)
+        for key, loader in loaders.items():
+            rate = measure(loader, args.warmup, args.batches, args.clock)
+            rates[key].append(rate)
+            print(f"  repeat {repeat + 1}: {key:<12} {rate:7.1f} images/s", flush=True)
     print()
     unit = "images/CPU-s" if args.clock == "cpu" else "images/s"
-    print(f"| data.cache | {unit} (median) | runs | vs decode |")
-    print("|---|---:|---|---:|")
-    base = statistics.median(rates["decode"]) if "decode" in rates else None
-    for mode in args.modes:
-        median = statistics.median(rates[mode])
+    print(f"| data.cache | items | {unit} (median) | runs | vs decode |")
+    print("|---|---|---:|---|---:|")
+    for key in loaders:
+        mode, _, transport = key.partition("/")
+        transport = transport or args.transports[0]
+        base_key = "decode" if len(args.transports) == 1 else f"decode/{transport}"
+        base = statistics.median(rates[base_key]) if base_key in rates else None
+        median = statistics.median(rates[key])
         ratio = f"{median / base:.2f}x" if base else "-"
-        runs = ", ".join(f"{r:.1f}" for r in rates[mode])
-        print(f"| {'true' if mode == 'cache' else 'false'} | {median:.1f} | {runs} | {ratio} |")
+        runs = ", ".join(f"{r:.1f}" for r in rates[key])
+        cache = "true" if mode == "cache" else "false"
+        print(f"| {cache} | {transport} | {median:.1f} | {runs} | {ratio} |")
 
 
 if __name__ == "__main__":

@@ -428,9 +428,21 @@ class OxfordPetDataset(Dataset):
             )
         return image, trimap_to_mask(trimap)
 
+    # True only in the copies of the dataset inside build_dataloader's worker processes (set by
+    # compact_worker_init_fn): there items leave as uint8 and CompactLoader expands them in the main
+    # process. Indexing the dataset (``dataset[i]``) always gives the float items below.
+    _compact_items: bool = False
+
     def __getitem__(self, index: int | tuple[int, int]) -> dict[str, Any]:
         """``index``, or ``(index, augmentation_seed)`` as sampler.EpochSampler yields for training: the
         augmentation then depends on that seed only, not on which worker loads the sample or when."""
+        return self._item(index, compact=False)
+
+    def __getitems__(self, indices: Sequence[int | tuple[int, int]]) -> list[dict[str, Any]]:
+        """A batch's items, as torch's DataLoader fetches them: compact in build_dataloader's workers."""
+        return [self._item(index, compact=self._compact_items) for index in indices]
+
+    def _item(self, index: int | tuple[int, int], compact: bool) -> dict[str, Any]:
         if isinstance(index, tuple):
             index, aug_seed = index
             self.reseed(int(aug_seed))
@@ -445,11 +457,20 @@ class OxfordPetDataset(Dataset):
                 self._resize = resize_transform(s)
             out = self._resize(image=image, mask=mask)
             image, mask = out["image"], out["mask"]
-        return {
-            "image": _lookup_input(image, self._lut, self.mean, self.std),
-            "mask": torch.from_numpy(np.ascontiguousarray(mask[None], dtype=np.float32)),
-            "name": name,
-        }
+        if compact and _is_rgb_uint8(image):
+            # uint8 (3, S, S): a quarter of the bytes through shared memory; expand_batch normalises.
+            image_t = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        else:
+            image_t = _lookup_input(image, self._lut, self.mean, self.std)
+        if compact and mask.dtype == np.uint8:
+            mask_t = torch.from_numpy(np.ascontiguousarray(mask[None]))
+        else:
+            mask_t = torch.from_numpy(np.ascontiguousarray(mask[None], dtype=np.float32))
+        return {"image": image_t, "mask": mask_t, "name": name}
+
+
+def _is_rgb_uint8(image: np.ndarray) -> bool:
+    return image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
 
 
 def to_model_input(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
@@ -478,7 +499,7 @@ def _lookup_input(
 ) -> torch.Tensor:
     """to_model_input(image, mean, std) through the table of _normalise_lut; the arithmetic for anything
     but RGB uint8 (a hand-made transform may return float images)."""
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+    if not _is_rgb_uint8(image):
         return to_model_input(image, mean, std)
     import cv2
 
@@ -556,18 +577,89 @@ def worker_init_fn(worker_id: int) -> None:
     np.random.seed(seed)
     random.seed(seed)
     info = torch.utils.data.get_worker_info()
-    dataset = info.dataset if info is not None else None
-    while dataset is not None and not hasattr(dataset, "reseed") and hasattr(dataset, "dataset"):
-        dataset = dataset.dataset  # Subset and friends
-    if dataset is not None and hasattr(dataset, "reseed"):
+    dataset = _pet_dataset(info.dataset) if info is not None else None
+    if dataset is not None:
         dataset.reseed(seed)
     # Not cv2.setNumThreads(1) here, although it saved ~10% of a worker's CPU in benchmarks/loader.py:
     # in a forked worker whose parent already used OpenCV's thread pool it can deadlock (seen in the
     # test suite under gdb).
 
 
+def compact_worker_init_fn(worker_id: int) -> None:
+    """worker_init_fn, then switch this worker's copy of the dataset to compact (uint8) items."""
+    worker_init_fn(worker_id)
+    info = torch.utils.data.get_worker_info()
+    dataset = _pet_dataset(info.dataset) if info is not None else None
+    if isinstance(dataset, OxfordPetDataset):
+        dataset._compact_items = True
+
+
+def _pet_dataset(dataset: Any) -> Any:
+    """The dataset with a ``reseed`` method inside Subset and friends, or None."""
+    while dataset is not None and not hasattr(dataset, "reseed") and hasattr(dataset, "dataset"):
+        dataset = dataset.dataset
+    return dataset if hasattr(dataset, "reseed") else None
+
+
+def expand_batch(batch: dict[str, Any], lut: np.ndarray, pin_memory: bool = False) -> dict[str, Any]:
+    """A collated batch of compact items -> the batch of the float items: normalised float32 image
+    (N,3,S,S) through the dataset's lookup table and float32 mask (N,1,S,S), bit-identical to collating
+    ``dataset[i]``; float (non-compact) tensors pass through. ``pin_memory``: the outputs are allocated
+    in pinned memory (CUDA), so the trainer's non-blocking copy to the device stays asynchronous."""
+    out = dict(batch)
+    image = batch.get("image")
+    if isinstance(image, torch.Tensor) and image.dtype == torch.uint8:
+        expanded = torch.empty(image.shape, dtype=torch.float32, pin_memory=pin_memory)
+        import cv2
+
+        src, dst = image.numpy(), expanded.numpy()
+        # cv2.LUT is ~2.5x faster than np.take here. At most 2**17 pixels per call: OpenCV runs a LUT of
+        # 2**18 or more on its thread pool, which this (forking) main process had better not start.
+        rows = max(1, (1 << 17) // max(1, src.shape[-1]))
+        for n in range(src.shape[0]):
+            for c in range(src.shape[1]):
+                for r in range(0, src.shape[2], rows):
+                    cv2.LUT(src[n, c, r : r + rows], lut[c], dst=dst[n, c, r : r + rows])
+        out["image"] = expanded
+    mask = batch.get("mask")
+    if isinstance(mask, torch.Tensor) and mask.dtype == torch.uint8:
+        expanded = torch.empty(mask.shape, dtype=torch.float32, pin_memory=pin_memory)
+        # numpy, not Tensor.copy_: torch's parallel cast waits for its OpenMP threads, which the
+        # training step keeps busy (16 ms instead of 0.3 ms per batch on a loaded 2-core machine).
+        np.copyto(expanded.numpy(), mask.numpy(), casting="unsafe")
+        out["mask"] = expanded
+    if pin_memory:
+        for key, value in out.items():
+            if isinstance(value, torch.Tensor) and not value.is_pinned():
+                out[key] = value.pin_memory()
+    return out
+
+
+class CompactLoader(DataLoader):
+    """A DataLoader whose workers send compact items (uint8 image (3,S,S) and mask (1,S,S)): a float32
+    batch of 8 at 256 px is 8.4 MB through shared memory, the uint8 one 2.1 MB. Each batch is expanded
+    here, in the main process, by expand_batch, so iterating yields exactly the batches of a plain
+    DataLoader over the same dataset (float32, normalised). Pinning (CUDA) is done by expand_batch on
+    the expanded tensors instead of by the DataLoader's pin thread on the uint8 ones."""
+
+    def __init__(self, dataset: Dataset, *, lut: np.ndarray, pin_expanded: bool, **kwargs: Any) -> None:
+        super().__init__(dataset, **kwargs)
+        self._lut = lut
+        self._pin_expanded = pin_expanded
+
+    def __iter__(self) -> Any:
+        for batch in super().__iter__():
+            yield expand_batch(batch, self._lut, self._pin_expanded)
+
+
 def build_dataloader(
-    dataset: Dataset, data_cfg: Any, train: bool, seed: int = 0, rank: int = 0, world_size: int = 1
+    dataset: Dataset,
+    data_cfg: Any,
+    train: bool,
+    seed: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+    compact: bool = True,
 ) -> DataLoader:
     """DataLoader with a reproducible order and augmentation for a given seed.
 
@@ -579,6 +671,10 @@ def build_dataloader(
     Under DDP (``world_size`` > 1) each rank loads its shard: train, every world_size-th position of
     the same per-epoch permutation (equal lengths, so ranks step in lockstep); valid/test, every
     world_size-th image without padding, so summed metrics count each image exactly once.
+
+    With workers and ``compact`` (the default), an OxfordPetDataset's items cross the process boundary
+    as uint8 and a CompactLoader expands them to the same float batches in this process;
+    ``compact=False`` ships the float items themselves (benchmarks/loader.py compares the two).
     """
     from sampler import EpochSampler, ShardSampler  # src/sampler.py: the trainer relies on set_epoch()
 
@@ -597,16 +693,28 @@ def build_dataloader(
         sampler: Any = EpochSampler(len(dataset), seed=seed, shuffle=True, rank=rank, world_size=world_size)
     else:
         sampler = ShardSampler(len(dataset), rank, world_size) if world_size > 1 else None
-    return DataLoader(
-        dataset,
+    common: dict[str, Any] = dict(
         batch_size=batch_size,
         sampler=sampler,
         drop_last=train,
         num_workers=num_workers,
         generator=generator,
-        worker_init_fn=worker_init_fn if num_workers > 0 else None,
         persistent_workers=num_workers > 0,
-        pin_memory=torch.cuda.is_available(),
+    )
+    pin = torch.cuda.is_available()
+    pet = _pet_dataset(dataset)
+    if compact and num_workers > 0 and isinstance(pet, OxfordPetDataset):
+        # Workers send uint8 items, expanded to the same float batches here (benchmarks/README.md).
+        return CompactLoader(
+            dataset,
+            lut=pet._lut,
+            pin_expanded=pin,
+            worker_init_fn=compact_worker_init_fn,
+            pin_memory=False,
+            **common,
+        )
+    return DataLoader(
+        dataset, worker_init_fn=worker_init_fn if num_workers > 0 else None, pin_memory=pin, **common
     )
 
 

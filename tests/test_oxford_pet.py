@@ -308,7 +308,7 @@ def test_dataloader_with_workers_is_reproducible(sample_root: Path) -> None:
     cfg = _data_cfg(sample_root, batch_size=4, num_workers=2)
     train = build_dataset(cfg, OmegaConf.load(AUG / "default.yaml"), "train")
     loader = build_dataloader(train, cfg, train=True, seed=7)
-    assert loader.persistent_workers and loader.worker_init_fn is oxford_pet.worker_init_fn
+    assert loader.persistent_workers and loader.worker_init_fn is oxford_pet.compact_worker_init_fn
     names_a, images_a = _epoch(loader)
     names_b, images_b = _epoch(build_dataloader(train, cfg, train=True, seed=7))
     assert names_a == names_b
