@@ -37,7 +37,7 @@ _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -2, -3, -8
 _RETAIN_SETTINGS = (
     (_M_ARENA_MAX, 1),  # one arena: a block freed by one thread is reused by the next allocation
     (_M_MMAP_THRESHOLD, 1 << 30),  # serve blocks up to 1 GiB from the heap, not fresh mmaps
-    (_M_TRIM_THRESHOLD, 1 << 34),  # never shrink the heap between steps
+    (_M_TRIM_THRESHOLD, (1 << 31) - 1),  # do not shrink the heap between steps (the largest C int)
     (_M_TOP_PAD, 1 << 28),  # grow it in 256 MiB steps (fewer brk calls)
 )
 _retained = False

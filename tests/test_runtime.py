@@ -104,7 +104,8 @@ sys.path.insert(0, {src!r})
 from runtime import retain_freed_memory
 if sys.argv[1] == "retain":
     assert retain_freed_memory()
-torch.empty(64 << 20, dtype=torch.uint8).fill_(1)  # first touch: faults in either mode
+for _ in range(10):  # warm-up: the heap grows and settles (a training run's first steps)
+    torch.empty(64 << 20, dtype=torch.uint8).fill_(1)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(10):
     torch.empty(64 << 20, dtype=torch.uint8).fill_(1)  # allocate, touch and free 64 MiB
