@@ -50,12 +50,25 @@ def init_distributed() -> DistInfo:
         return SINGLE
     rank = _env_int("RANK", "SLURM_PROCID") or 0
     local_rank = _env_int("LOCAL_RANK", "SLURM_LOCALID") or 0
+    if "MASTER_ADDR" not in os.environ and "SLURM_NTASKS" in os.environ:
+        _export_slurm_rendezvous()
     if not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         if torch.cuda.is_available():
             torch.cuda.set_device(local_rank)
         dist.init_process_group(backend=backend, rank=rank, world_size=world)
     return DistInfo(rank=rank, world_size=world, local_rank=local_rank)
+
+
+def _export_slurm_rendezvous() -> None:
+    """SLURM tasks (submitit's launcher, srun) know their rank but not where rank 0 listens: submitit
+    derives MASTER_ADDR (the job's first host) and MASTER_PORT (from the job id) the same way in every
+    task. All GPUs stay visible, as device_for() picks cuda:<local rank>."""
+    try:
+        from submitit.helpers import TorchDistributedEnvironment
+    except ImportError:
+        return  # init_process_group then names the missing MASTER_ADDR itself
+    TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
 
 
 def device_for(info: DistInfo, device: torch.device) -> torch.device:
