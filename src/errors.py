@@ -10,4 +10,11 @@ class PetsegError(Exception):
 
 
 class TrainingDiverged(PetsegError):
-    """The loss or the weights became NaN/inf: a property of one run's settings (a sweep goes on)."""
+    """The loss or the weights became NaN/inf: a property of one run's settings (a sweep goes on).
+
+    ``best_metric`` is the best validation score the run reached before (-inf if none).
+    """
+
+    def __init__(self, message: str, best_metric: float = float("-inf")) -> None:
+        super().__init__(message)
+        self.best_metric = best_metric

@@ -15,8 +15,9 @@ Several processes: ``torchrun --nproc_per_node=N src/train.py <overrides>`` trai
 DistributedDataParallel (src/trainer.py); rank 0 owns the run dir and its logs, the other ranks write
 nothing (their Hydra output is switched off on the command line, before Hydra starts).
 
-In a multirun, a job whose loss diverges (NaN/inf) is logged and returns NaN, so the sweep goes on and
-Optuna records that trial as failed; any other user mistake still stops the sweep.
+In a multirun, a job whose loss diverges (NaN/inf) is logged and returns the best val Dice it reached
+before (0 if none), so the sweep goes on and Optuna learns that region is bad; any other user mistake
+still stops the sweep.
 
 Exit codes: 0 done; 2 a user mistake (config, files, data, a diverging loss), one line on stderr, no
 traceback; 128 + signal number after SIGINT/SIGTERM (130, 143), with last.pth saved and the resume
@@ -69,8 +70,11 @@ def main(cfg: DictConfig) -> float:
         if hydra_cfg.mode != RunMode.MULTIRUN:
             print(f"error: {err}", file=sys.stderr)
             sys.exit(USAGE_ERROR)
-        log.error("job %s diverged, the sweep goes on: %s", hydra_cfg.job.num, err)
-        return float("nan")
+        # What the sweeper optimises: the best val Dice reached before diverging, 0 (the worst Dice)
+        # if no epoch finished. Not NaN: the Optuna sweeper cannot record a NaN trial and would stop.
+        score = max(err.best_metric, 0.0)
+        log.error("job %s diverged, the sweep goes on (its score: %.4f): %s", hydra_cfg.job.num, score, err)
+        return score
     except TrainingInterrupted as stop:
         log.warning("%s", stop)
         sys.exit(stop.exit_code)

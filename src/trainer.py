@@ -466,7 +466,10 @@ class Trainer:
     def _non_finite(self, what: str) -> PetsegError:
         last = self.run_dir / "last.pth"
         kept = f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint was saved yet"
-        return TrainingDiverged(f"{what}: stopping ({kept}); lower optim.lr or set trainer.grad_clip")
+        return TrainingDiverged(
+            f"{what}: stopping ({kept}); lower optim.lr or set trainer.grad_clip",
+            best_metric=self.progress.best_metric,
+        )
 
     def _save(self, name: str) -> Path:
         # A weight that overflowed must never replace the last good checkpoint. The weights are the

@@ -144,4 +144,26 @@ def test_a_diverging_job_does_not_end_the_sweep(tmp_path: Path) -> None:
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
     assert len(jobs) == 2
     assert not (jobs[0] / "best.pth").exists() and (jobs[1] / "best.pth").is_file()
-    assert "job 0 diverged, the sweep goes on" in result.stdout + result.stderr
+    assert "job 0 diverged, the sweep goes on (its score: 0.0000)" in result.stdout + result.stderr
+
+
+def test_an_optuna_search_survives_diverging_trials(tmp_path: Path) -> None:
+    """Optuna's sweeper cannot record a NaN trial (it would stop the whole search): a diverged trial
+    scores the best val Dice it reached before, here 0 as no epoch finished."""
+    import yaml
+
+    sweep = tmp_path / "optuna"
+    overrides = [o for o in tiny_overrides(tmp_path) if not o.startswith("trainer.epochs")]
+    run(
+        "train.py",
+        "hparams_search=optuna",
+        *overrides,
+        "trainer.epochs=1",
+        "trainer.grad_clip=null",
+        'hydra.sweeper.params={optim.lr:"choice(1e20)",data.batch_size:"choice(4)"}',
+        "hydra.sweeper.n_trials=2",
+        "hydra.sweeper.sampler.n_startup_trials=2",
+        f"hydra.sweep.dir={sweep}",
+    )
+    assert yaml.safe_load((sweep / "optimization_results.yaml").read_text())["best_value"] == 0.0
+    assert len([p for p in sweep.iterdir() if (p / ".hydra").is_dir()]) == 2
