@@ -167,3 +167,31 @@ def test_an_optuna_search_survives_diverging_trials(tmp_path: Path) -> None:
     )
     assert yaml.safe_load((sweep / "optimization_results.yaml").read_text())["best_value"] == 0.0
     assert len([p for p in sweep.iterdir() if (p / ".hydra").is_dir()]) == 2
+
+
+def test_sigterm_to_torchrun_saves_once_and_stops_every_rank(tmp_path: Path) -> None:
+    """The agent forwards SIGTERM to both ranks; they agree on the step, rank 0 saves, nobody hangs."""
+    import signal
+    import time
+
+    run_dir = tmp_path / "run"
+    overrides = [o for o in tiny_overrides(tmp_path) if not o.startswith("trainer.epochs")]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    cmd += [str(ROOT / "src" / "train.py"), *overrides, "trainer.epochs=100000", f"hydra.run.dir={run_dir}"]
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not (run_dir / "best.pth").is_file():  # training is under way on both ranks
+            assert proc.poll() is None and time.monotonic() < deadline, "torchrun did not start training"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert output.count("stopped by SIGTERM") == 1, output[-3000:]  # rank 0 reports, rank 1 is quiet
+    ckpt = load_checkpoint(run_dir / "last.pth")
+    assert f"stopped by SIGTERM {'at' if ckpt['progress']['step'] else 'after'} epoch" in output
+    assert ckpt["world_size"] == 2
