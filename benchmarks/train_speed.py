@@ -23,8 +23,11 @@ persistent worker process (this script with ``--_worker <row>``), started one af
 builds its row, times the first train step, runs ``--warmup`` untimed train (and eval) steps, then
 answers one-line commands on stdin ("train N", "eval N", "memory", "quit") with one JSON line on
 stdout. The parent keeps the rows interleaved: in each of ``--repeats`` rounds it asks row 0 for
-``--turn-steps`` train steps, then row 1, ..., until every row has done ``--steps``, then the same for
-eval; only one worker computes at a time, and load from something else slows every row alike. The
+``--turn-warmup`` untimed and ``--turn-steps`` timed train steps, then row 1, ..., until every row has
+done ``--steps``, then the same for eval; only one worker computes at a time, and load from something
+else slows every row alike. The untimed step per turn matters: while a process waits for its turn, the
+memory it freed (the plain reference hands its activations back to the kernel every step) goes cold,
+and without it the reference's first step back measured ~25 % slower than back-to-back training. The
 median round is reported, and per round the ratio of each row to the reference. ``--clock cpu
 --threads 1`` counts the worker's CPU time instead of wall time: a busy-machine estimate of the work
 per image. Compile time shows in the "1st step" column.
@@ -341,11 +344,15 @@ def run_worker(args: argparse.Namespace, index: int) -> None:
     )
     for line in sys.stdin:
         command, *rest = line.split()
-        if command == "train":
-            seconds = timed(lambda: train_step(row, loss_fn, x, y), int(rest[0]), device, args.clock)
-            _answer({"seconds": seconds})
-        elif command == "eval":
-            _answer({"seconds": timed(lambda: eval_step(row, x), int(rest[0]), device, args.clock)})
+        if command in ("train", "eval"):
+            step = (
+                (lambda: train_step(row, loss_fn, x, y))
+                if command == "train"
+                else (lambda: eval_step(row, x))
+            )
+            steps, untimed = int(rest[0]), int(rest[1]) if len(rest) > 1 else 0
+            timed(step, untimed, device)  # the turn's re-warm-up: see --turn-warmup
+            _answer({"seconds": timed(step, steps, device, args.clock)})
         elif command == "memory":
             if device.type == "cuda":
                 mb = torch.cuda.max_memory_allocated(device) / 2**20
@@ -423,7 +430,7 @@ def run_rows(args: argparse.Namespace, worker_argv: list[str], device: torch.dev
                 while done < args.steps:
                     n = min(turn, args.steps - done)
                     for i, worker in enumerate(workers):
-                        seconds[i] += float(worker.ask(f"{what} {n}")["seconds"])
+                        seconds[i] += float(worker.ask(f"{what} {n} {args.turn_warmup}")["seconds"])
                     done += n
                 for result, s in zip(results, seconds, strict=True):
                     getattr(result, times).append(args.batch_size * args.steps / s)
@@ -517,7 +524,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, help="timed steps per row and round (default 3 CPU, 20 CUDA)")
     parser.add_argument("--repeats", type=int, default=3, help="rounds; rows take turns, medians reported")
     parser.add_argument(
-        "--turn-steps", type=int, help="steps a row runs per turn (default 1 on CPU, all --steps on CUDA)"
+        "--turn-steps", type=int, help="timed steps a row runs per turn (default: all --steps)"
+    )
+    parser.add_argument(
+        "--turn-warmup",
+        type=int,
+        default=1,
+        help="untimed steps at the start of every turn (default 1): while other rows run, a waiting "
+        "process's freed memory and caches go cold, which would slow only its first step back",
     )
     parser.add_argument(
         "--warmup", type=int, help="untimed steps per row (default 1 CPU, 5 CUDA; +2 compiled)"
@@ -545,7 +559,7 @@ def main(argv: list[str] | None = None) -> None:
         parse_variant(variant)
     args.batch_size = args.batch_size or (32 if cuda else 8)
     args.steps = args.steps or (20 if cuda else 3)
-    args.turn_steps = args.turn_steps or (args.steps if cuda else 1)
+    args.turn_steps = args.turn_steps or args.steps
     args.warmup = args.warmup if args.warmup is not None else (5 if cuda else 1)
     if args.worker is not None:
         run_worker(args, args.worker)
@@ -573,7 +587,7 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"{what}; torch {torch.__version__}; batch {args.batch_size}, {args.size}x{args.size}; "
         f"{args.warmup} warm-up steps, {args.repeats} rounds x {args.steps} timed steps "
-        f"({args.turn_steps} per turn); one process per row"
+        f"({args.turn_steps} per turn, after {args.turn_warmup} untimed); one process per row"
         + ("; CPU-time clock (images per CPU-second)" if args.clock == "cpu" else ""),
         flush=True,
     )
