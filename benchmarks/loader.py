@@ -7,8 +7,13 @@ batches. Modes alternate (decode, cache, decode, cache, ...) ``--repeats`` times
 is reported, so a machine that is busy with something else slows both alike. The one-off cache build is
 timed separately and excluded.
 
+Items leave the workers as uint8 and the main process expands each batch to the float batch training
+reads (oxford_pet.CompactLoader, what build_dataloader returns with workers); ``--transports uint8
+float`` also times the former path (float items through shared memory), each on the same datasets.
+
     .venv/bin/python benchmarks/loader.py                       # shared partial copy, 256 px, 2 workers
     .venv/bin/python benchmarks/loader.py --workers 0 --batches 20 --repeats 3
+    .venv/bin/python benchmarks/loader.py --transports uint8 float --clock cpu
 """
 
 from __future__ import annotations
