@@ -491,10 +491,9 @@ class Trainer:
         writer = None
         if self.dist.is_main:
             writer = SummaryWriter(log_dir=str(self.run_dir / "tb"), purge_step=purge)
+            write_hparams_start(writer, self.cfg)
         started = time.time()
         try:
-            if writer is not None:
-                write_hparams_start(writer, self.cfg)
             for epoch in range(self.progress.epoch, epochs):
                 self._check_stop()  # a signal during setup, validation or the last save
                 train_metrics = self._train_epoch(epoch, epochs)
