@@ -124,9 +124,14 @@ def runtime_from_config(trainer: DictConfig, dist: DistInfo = SINGLE) -> Runtime
     if retain is None:
         retain = device.type == "cpu"
     retain = retain and retain_freed_memory()
+    # Fixed input sizes: let cuDNN time its kernels once and keep the fastest. Its choice may differ
+    # from run to run, so auto turns it off when determinism is asked.
+    benchmark = _auto_bool(trainer, "cudnn_benchmark")
+    deterministic = bool(trainer.get("deterministic", False))
+    if benchmark and deterministic:
+        raise PetsegError("trainer.cudnn_benchmark=true contradicts trainer.deterministic=true; drop one")
     if device.type == "cuda":
-        # Fixed input sizes: let cuDNN pick the fastest kernels once (off when determinism is asked).
-        torch.backends.cudnn.benchmark = not bool(trainer.get("deterministic", False))
+        torch.backends.cudnn.benchmark = (not deterministic) if benchmark is None else benchmark
     return Runtime(
         device=device,
         amp_dtype=AMP_DTYPES[amp],

@@ -225,6 +225,7 @@ RESUME_MAY_CHANGE = (
     "trainer.compile",
     "trainer.channels_last",
     "trainer.retain_host_memory",
+    "trainer.cudnn_benchmark",
     "trainer.deterministic",
     "trainer.sync_batchnorm",
     "trainer.overlays",

@@ -55,6 +55,7 @@ def test_explicit_settings_are_kept() -> None:
         ("compile", "auto", "compile='auto' is not one of true, false"),
         ("compile", "yes", "compile='yes'"),
         ("amp", "fp8", "trainer.amp=fp8"),
+        ("cudnn_benchmark", "fast", "cudnn_benchmark='fast' is not one of auto, true, false"),
     ],
 )
 def test_misspelt_values_are_user_errors(key: str, value: str, message: str) -> None:
@@ -134,3 +135,27 @@ def test_retain_host_memory_defaults_to_cpu_only() -> None:
     assert runtime_from_config(trainer_cfg(retain_host_memory=False)).retain_memory is False
     with pytest.raises(PetsegError, match="retain_host_memory"):
         runtime_from_config(trainer_cfg(retain_host_memory="yes"))
+
+
+def test_cudnn_benchmark_cannot_be_forced_beside_determinism() -> None:
+    with pytest.raises(PetsegError, match="contradicts trainer.deterministic"):
+        runtime_from_config(trainer_cfg(cudnn_benchmark=True, deterministic=True))
+    runtime_from_config(trainer_cfg(cudnn_benchmark="auto", deterministic=True))  # auto: just off
+
+
+@pytest.mark.parametrize(("value", "fused"), [("auto", True), (True, True), (False, False)])
+def test_fused_adamw_follows_optim_fused_on_cpu(value: object, fused: bool) -> None:
+    from optim import build_optimizer
+
+    cfg = OmegaConf.load(ROOT / "configs" / "optim" / "adamw.yaml")
+    cfg.fused = value
+    opt = build_optimizer(cfg, torch.nn.Linear(3, 2), torch.device("cpu"))
+    assert bool(opt.param_groups[0]["fused"]) is fused
+
+
+def test_fused_adamw_typo_is_a_user_error() -> None:
+    from optim import build_optimizer
+
+    cfg = OmegaConf.merge(OmegaConf.load(ROOT / "configs" / "optim" / "adamw.yaml"), {"fused": "yes"})
+    with pytest.raises(PetsegError, match="optim.fused='yes'"):
+        build_optimizer(cfg, torch.nn.Linear(3, 2), torch.device("cpu"))
