@@ -130,13 +130,12 @@ def test_hparams_tab_holds_settings_and_final_metrics(ddp_run) -> None:
 
 def test_a_diverging_job_does_not_end_the_sweep(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
-    overrides = [o for o in tiny_overrides(tmp_path) if not o.startswith("trainer.epochs")]
+    overrides = tiny_overrides(tmp_path, epochs=1)
     # lr 1e20 without clipping: NaN loss at the second step (tests/test_user_errors.py).
     result = run(
         "train.py",
         "-m",
         *overrides,
-        "trainer.epochs=1",
         "trainer.grad_clip=null",
         "optim.lr=1e20,1e-3",
         f"hydra.sweep.dir={sweep}",
@@ -153,12 +152,11 @@ def test_an_optuna_search_survives_diverging_trials(tmp_path: Path) -> None:
     import yaml
 
     sweep = tmp_path / "optuna"
-    overrides = [o for o in tiny_overrides(tmp_path) if not o.startswith("trainer.epochs")]
+    overrides = tiny_overrides(tmp_path, epochs=1)
     run(
         "train.py",
         "hparams_search=optuna",
         *overrides,
-        "trainer.epochs=1",
         "trainer.grad_clip=null",
         'hydra.sweeper.params={optim.lr:"choice(1e20)",data.batch_size:"choice(4)"}',
         "hydra.sweeper.n_trials=2",
@@ -175,10 +173,10 @@ def test_sigterm_to_torchrun_saves_once_and_stops_every_rank(tmp_path: Path) -> 
     import time
 
     run_dir = tmp_path / "run"
-    overrides = [o for o in tiny_overrides(tmp_path) if not o.startswith("trainer.epochs")]
+    overrides = tiny_overrides(tmp_path, epochs=100000)  # stopped by the signal long before
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    cmd += [str(ROOT / "src" / "train.py"), *overrides, "trainer.epochs=100000", f"hydra.run.dir={run_dir}"]
+    cmd += [str(ROOT / "src" / "train.py"), *overrides, f"hydra.run.dir={run_dir}"]
     proc = subprocess.Popen(
         cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )

@@ -28,8 +28,8 @@ SCALARS = ("train/loss", "train/dice", "val/loss", "val/dice", "lr")
 pytestmark = pytest.mark.slow
 
 
-def tiny_overrides(tmp: Path) -> list[str]:
-    """A 2-epoch, 32 px, width-4 UNet run on the sample, exporting to tmp/saved."""
+def tiny_overrides(tmp: Path, epochs: int = 2) -> list[str]:
+    """An ``epochs``-epoch, 32 px, width-4 UNet run on the sample, exporting to tmp/saved."""
     return [
         "model=unet",
         "model.base_width=4",
@@ -37,7 +37,7 @@ def tiny_overrides(tmp: Path) -> list[str]:
         "data.image_size=32",
         "data.batch_size=4",
         "data.num_workers=0",
-        "trainer.epochs=2",
+        f"trainer.epochs={epochs}",
         "trainer.overlays.every_n_epochs=1",
         "trainer.overlays.count=2",
         f"trainer.checkpoint.export_dir={tmp / 'saved'}",
@@ -184,8 +184,8 @@ def test_curves_command_writes_png(trained: Path, tmp_path: Path):
 
 def test_multirun_produces_one_run_per_value(tmp_path: Path):
     sweep = tmp_path / "sweep"
-    overrides = [o for o in tiny_overrides(tmp_path) if not o.startswith("trainer.epochs")]
-    run("train.py", "-m", *overrides, "trainer.epochs=1", "optim.lr=1e-3,1e-4", f"hydra.sweep.dir={sweep}")
+    overrides = tiny_overrides(tmp_path, epochs=1)
+    run("train.py", "-m", *overrides, "optim.lr=1e-3,1e-4", f"hydra.sweep.dir={sweep}")
     runs = sorted(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
     assert len(runs) == 2
     for run_dir in runs:

@@ -20,12 +20,11 @@ def job_dirs(sweep: Path) -> list[Path]:
 
 def test_optuna_search_runs_trials_and_summary_ranks_them(tmp_path: Path):
     sweep = tmp_path / "optuna"
-    overrides = [o for o in tiny_overrides(tmp_path) if not o.startswith("trainer.epochs")]
+    overrides = tiny_overrides(tmp_path, epochs=1)
     run(
         "train.py",
         "hparams_search=optuna",
         *overrides,
-        "trainer.epochs=1",
         "hydra.sweeper.n_trials=2",
         "hydra.sweeper.sampler.n_startup_trials=2",
         f"hydra.sweep.dir={sweep}",
@@ -53,14 +52,13 @@ def test_optuna_search_runs_trials_and_summary_ranks_them(tmp_path: Path):
 
 def test_submitit_local_launcher_runs_each_job(tmp_path: Path):
     sweep = tmp_path / "local"
-    overrides = [o for o in tiny_overrides(tmp_path) if not o.startswith("trainer.epochs")]
+    overrides = tiny_overrides(tmp_path, epochs=1)
     run(
         "train.py",
         "-m",
         "hydra/launcher=local",
         "hydra.launcher.cpus_per_task=1",
         *overrides,
-        "trainer.epochs=1",
         "optim.lr=1e-3,1e-4",
         f"hydra.sweep.dir={sweep}",
     )
