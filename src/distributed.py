@@ -43,21 +43,30 @@ def _env_int(*names: str) -> int | None:
     return None
 
 
-def init_distributed() -> DistInfo:
-    """Join the process group the launcher described in the environment; SINGLE when there is none."""
+def launched_info() -> DistInfo:
+    """Rank and world size a launcher (torchrun, SLURM tasks) put in the environment; SINGLE if none.
+    Reads the environment only: usable before anything is initialised."""
     world = _env_int("WORLD_SIZE", "SLURM_NTASKS") or 1
     if world <= 1:
         return SINGLE
     rank = _env_int("RANK", "SLURM_PROCID") or 0
     local_rank = _env_int("LOCAL_RANK", "SLURM_LOCALID") or 0
+    return DistInfo(rank=rank, world_size=world, local_rank=local_rank)
+
+
+def init_distributed() -> DistInfo:
+    """Join the process group the launcher described in the environment; SINGLE when there is none."""
+    info = launched_info()
+    if not info.enabled:
+        return SINGLE
     if "MASTER_ADDR" not in os.environ and "SLURM_NTASKS" in os.environ:
         _export_slurm_rendezvous()
     if not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         if torch.cuda.is_available():
-            torch.cuda.set_device(local_rank)
-        dist.init_process_group(backend=backend, rank=rank, world_size=world)
-    return DistInfo(rank=rank, world_size=world, local_rank=local_rank)
+            torch.cuda.set_device(info.local_rank)
+        dist.init_process_group(backend=backend, rank=info.rank, world_size=info.world_size)
+    return info
 
 
 def _export_slurm_rendezvous() -> None:

@@ -116,27 +116,23 @@ def continue_in_resumed_run(argv: list[str]) -> list[str]:
     ]
 
 
-def distributed_rank() -> int | None:
-    """This process's rank when a launcher (torchrun, SLURM tasks) started several; None otherwise."""
-    world = os.environ.get("WORLD_SIZE") or os.environ.get("SLURM_NTASKS")
-    if not world or int(world) <= 1:
-        return None
-    return int(os.environ.get("RANK") or os.environ.get("SLURM_PROCID") or 0)
-
-
 def quiet_other_ranks(argv: list[str]) -> list[str]:
     """Under torchrun, Hydra runs in every process: only rank 0 may create the run dir, its .hydra/
     record and train.log. The others get a run dir of '.' (exists: nothing is created) and no Hydra
     output or log file; the trainer hands them rank 0's run dir. Sweeps and torchrun do not mix."""
-    rank = distributed_rank()
-    if rank is None:
+    if not (os.environ.get("WORLD_SIZE") or os.environ.get("SLURM_NTASKS")):
+        return argv  # no launcher: skip importing torch (via distributed.py) before Hydra parses
+    from distributed import launched_info
+
+    info = launched_info()
+    if not info.enabled:
         return argv
     if "-m" in argv or "--multirun" in argv:
         raise PetsegError(
             "torchrun trains one run on several processes; run sweeps (-m) without torchrun, "
             "or give each sweep job its GPUs through a launcher"
         )
-    if rank == 0:
+    if info.is_main:
         return argv
     keep = [a for a in argv if not a.lstrip("+").startswith(("hydra.run.dir=", "hydra.output_subdir="))]
     return [*keep, "hydra.run.dir=.", "hydra.output_subdir=null", "hydra/job_logging=disabled"]
