@@ -36,7 +36,7 @@ from errors import PetsegError
 logger = logging.getLogger("petseg.cache")
 
 # Bump when the cached content would change for the same files (decoding, resize, layout).
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: masks resized centre-aligned (INTER_NEAREST_EXACT), not top-left
 DEFAULT_CACHE_DIR = Path(".cache") / "petseg"
 
 LoadFn = Callable[[int], tuple[np.ndarray, np.ndarray]]

@@ -1,26 +1,119 @@
-"""The one evaluation loop, and the command that scores a checkpoint on a split.
+"""The one evaluation loop, its Dice protocols, and the command that scores a checkpoint on a split.
 
     python src/evaluate.py checkpoint=saved_models/unet.pth split=test
-    python src/evaluate.py checkpoint=... split=test data.root=<root> data.allow_missing=true
+    python src/evaluate.py checkpoint=... split=test data.root=<root> data.allow_missing=true tta=flip
+
+Every prediction is made as the model was trained (its own input size and preprocessing) and scored
+three ways, all with Dice = 2|P∩G| / (|P|+|G|) per image, averaged over images (and pooled over pixels):
+
+* ``dice_256``: the reference protocol (SimpleOxfordPetDataset's, what published numbers use): logits
+  upsampled bilinearly to 256x256 and thresholded, against the trimap resized to 256x256 by nearest
+  neighbour. Runs at any training size compare by it; it is the headline and training's ``val/dice``.
+* ``dice_native``: logits upsampled to each image's original size, against the full-size trimap.
+* ``dice_input``: at the model's input size, against the mask resized with the image.
 
 Training's validation calls ``evaluate()`` too, so validation and test numbers are computed the same way.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from tqdm import tqdm
 
 from distributed import SINGLE, DistInfo, all_gather_list, all_sum
+from errors import PetsegError
+from oxford_pet import REFERENCE_SIZE, reference_mask
 from runtime import Runtime
 from utils import DiceMeter, binarize
+
+# Printed and written in this order: the reference protocol first.
+PROTOCOLS: tuple[str, ...] = ("dice_256", "dice_native", "dice_input")
+PROTOCOL_LABELS = {
+    "dice_256": f"reference protocol, {REFERENCE_SIZE}x{REFERENCE_SIZE} masks",
+    "dice_native": "each image's original size",
+    "dice_input": "the model's input size",
+}
+TTA_MODES: tuple[str, ...] = ("none", "flip")
+
+
+def check_tta(tta: Any) -> bool:
+    """``tta`` setting ('none' / 'flip', or a bool) -> whether flip TTA is on; PetsegError otherwise."""
+    if isinstance(tta, bool):
+        return tta
+    if tta is None or str(tta) not in TTA_MODES:
+        raise PetsegError(f"tta must be one of {', '.join(TTA_MODES)}, got {tta!r}")
+    return str(tta) == "flip"
+
+
+def predict_logits(
+    model: nn.Module, images: torch.Tensor, runtime: Runtime, tta: bool = False
+) -> torch.Tensor:
+    """float32 logits of a batch; with ``tta`` the mean of the logits of the images and of their mirror
+    images (flipped back), since pets face left and right alike."""
+    with runtime.autocast():
+        logits = model(images).float()
+        if tta:
+            logits = (logits + model(images.flip(-1)).float().flip(-1)) / 2
+    return logits
+
+
+def resize_logits(logits: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Logits (N, 1, h, w) resized bilinearly (centre-aligned) to height x width, before thresholding."""
+    if logits.shape[-2:] == (height, width):
+        return logits
+    return F.interpolate(logits.float(), size=(height, width), mode="bilinear", align_corners=False)
+
+
+class ReferenceTargets:
+    """Ground truth of the protocols that do not use the model's input size, looked up by image name.
+
+    ``load_mask(name)`` gives an image's binary mask at its original size (from its trimap);
+    ``reference(names)`` the 256x256 masks of the reference protocol, each computed once and kept
+    when ``keep`` (training's validation: ~64 KB an image), and ``native(name)`` the full-size mask.
+    """
+
+    def __init__(
+        self, load_mask: Callable[[str], np.ndarray], size: int = REFERENCE_SIZE, keep: bool = True
+    ) -> None:
+        self.load_mask = load_mask
+        self.size = size
+        self._kept: dict[str, np.ndarray] | None = {} if keep else None
+
+    @classmethod
+    def of(cls, dataset: Any, keep: bool = True) -> ReferenceTargets:
+        """Targets of an OxfordPetDataset (also inside a Subset or similar wrapper)."""
+        from oxford_pet import _pet_dataset
+
+        pet = _pet_dataset(dataset)
+        if pet is None or not hasattr(pet, "load_mask"):
+            raise TypeError(f"cannot find the masks of a {type(dataset).__name__}: pass targets=")
+        return cls(pet.load_mask, keep=keep)
+
+    def batch(self, names: Sequence[str], native: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(reference masks, bool (N, 1, S, S); full-size masks, bool (1, 1, H, W) each when ``native``)."""
+        refs, natives = [], []
+        for name in names:
+            kept = self._kept.get(name) if self._kept is not None else None
+            full = self.load_mask(name) if native or kept is None else None
+            if kept is None:
+                kept = reference_mask(full, self.size)
+                if self._kept is not None:
+                    self._kept[name] = kept
+            refs.append(kept)
+            if native:
+                natives.append(torch.from_numpy(full)[None, None].bool())
+        return torch.from_numpy(np.stack(refs))[:, None].bool(), natives
 
 
 @torch.no_grad()
@@ -35,54 +128,87 @@ def evaluate(
     desc: str = "eval",
     on_batch: Any = None,
     dist: DistInfo = SINGLE,
+    targets: ReferenceTargets | None = None,
+    native: bool = False,
+    tta: bool = False,
 ) -> dict[str, Any]:
-    """Score a model on a loader: mean per-image Dice, pooled Dice, mean loss, image count.
+    """Score a model on a loader by the protocols of this module (``dice_native`` only when ``native``).
 
-    ``on_batch(batch, logits, dice)`` lets callers (overlays, galleries) see predictions without a
-    second pass. Returns also ``per_image``: a list of (name, dice) pairs.
+    Returns ``dice`` and ``dice_pooled`` (the reference protocol's mean and pooled Dice), ``protocols``
+    (``{"dice_256": {"mean", "pooled"}, ...}``), ``loss`` (at input size; None without ``loss_fn``),
+    ``count`` and ``per_image``: one row per image in list order, ``{"name", "fg_fraction" (of the
+    256x256 ground truth), "dice_256", "dice_input"[, "dice_native"]}``.
+
+    ``targets`` default to the loader's dataset's masks. ``on_batch(batch, logits, dice_256)`` lets
+    callers (overlays, galleries) see predictions without a second pass.
 
     Under DDP (``dist.enabled``) every rank scores its shard (sampler.ShardSampler: every
     world_size-th image, no padding) and the counts are summed over ranks, so every rank returns the
     numbers a single process computes on the whole split; per_image is put back in list order.
     """
+    if targets is None:
+        targets = ReferenceTargets.of(loader.dataset, keep=False)
     was_training = model.training
     model.eval()
-    meter = DiceMeter()
-    names: list[str] = []
+    meters = {p: DiceMeter() for p in PROTOCOLS if native or p != "dice_native"}
+    rows: list[dict[str, Any]] = []
     loss_sum, loss_count = 0.0, 0
     total = len(loader) if limit_batches is None else min(len(loader), limit_batches)
     bar = tqdm(loader, total=total, desc=desc, leave=False, disable=not progress, dynamic_ncols=True)
     for index, batch in enumerate(bar):
         if limit_batches is not None and index >= limit_batches:
             break
-        images = runtime.to_input(batch["image"])
+        logits = predict_logits(model, runtime.to_input(batch["image"]), runtime, tta)
         masks = batch["mask"].to(runtime.device, non_blocking=True)
-        with runtime.autocast():
-            logits = model(images)
-        logits = logits.float()
         if loss_fn is not None:
-            loss_sum += float(loss_fn(logits, masks)) * len(images)
-            loss_count += len(images)
-        dice = meter.update(binarize(logits, threshold), masks > 0.5)
-        names.extend(batch["name"])
+            loss_sum += float(loss_fn(logits, masks)) * len(logits)
+            loss_count += len(logits)
+        ref_masks, full_masks = targets.batch(batch["name"], native)
+        ref_masks = ref_masks.to(runtime.device)
+        size = targets.size
+        scores = {
+            "dice_input": meters["dice_input"].update(binarize(logits, threshold), masks > 0.5),
+            "dice_256": meters["dice_256"].update(
+                binarize(resize_logits(logits, size, size), threshold), ref_masks
+            ),
+        }
+        if native:
+            scores["dice_native"] = torch.cat(
+                [
+                    meters["dice_native"].update(
+                        binarize(resize_logits(one[None], *full.shape[-2:]), threshold),
+                        full.to(runtime.device),
+                    )
+                    for one, full in zip(logits, full_masks, strict=True)
+                ]
+            )
+        fg = ref_masks.flatten(1).float().mean(1)
+        for i, name in enumerate(batch["name"]):
+            rows.append(
+                {"name": name, "fg_fraction": float(fg[i])} | {p: float(d[i]) for p, d in scores.items()}
+            )
         if on_batch is not None:
-            on_batch(batch, logits, dice)
-        bar.set_postfix(dice=f"{meter.mean:.4f}")
+            on_batch(batch, logits, scores["dice_256"])
+        bar.set_postfix(dice_256=f"{meters['dice_256'].mean:.4f}")
     model.train(was_training)
-    per_image = list(zip(names, meter.per_image, strict=True))
     if dist.enabled:
-        sums = [meter.intersection, meter.total, loss_sum, loss_count]
-        meter.intersection, meter.total, loss_sum, loss_count = all_sum(sums, dist, runtime.device)
-        per_image = interleave_shards(all_gather_list([per_image], dist))
-        meter.per_image = [dice for _, dice in per_image]
-        meter.count = len(per_image)
-        meter.dice_sum = sum(meter.per_image)  # in list order: the single-process sum, term for term
+        sums = [v for m in meters.values() for v in (m.intersection, m.total)] + [loss_sum, loss_count]
+        sums = all_sum(sums, dist, runtime.device)
+        loss_sum, loss_count = sums[-2:]
+        rows = interleave_shards(all_gather_list([rows], dist))
+        for k, (protocol, meter) in enumerate(meters.items()):
+            meter.intersection, meter.total = sums[2 * k], sums[2 * k + 1]
+            meter.per_image = [row[protocol] for row in rows]
+            meter.count = len(rows)
+            meter.dice_sum = sum(meter.per_image)  # in list order: the single-process sum, term for term
+    protocols = {p: {"mean": m.mean, "pooled": m.pooled} for p, m in meters.items()}
     return {
-        "dice": meter.mean,
-        "dice_pooled": meter.pooled,
+        "dice": protocols["dice_256"]["mean"],
+        "dice_pooled": protocols["dice_256"]["pooled"],
+        "protocols": protocols,
         "loss": loss_sum / loss_count if loss_count else None,
-        "count": meter.count,
-        "per_image": per_image,
+        "count": len(rows),
+        "per_image": rows,
     }
 
 
@@ -94,13 +220,25 @@ def interleave_shards(shards: list[list[Any]]) -> list[Any]:
     return merged
 
 
+def format_protocols(protocols: dict[str, dict[str, float]], image_size: int | None = None) -> list[str]:
+    """One aligned line per protocol, reference protocol first, each saying what it measures."""
+    lines = []
+    for p in PROTOCOLS:
+        if p in protocols:
+            label = PROTOCOL_LABELS[p] + (f", {image_size} px" if p == "dice_input" and image_size else "")
+            m = protocols[p]
+            lines.append(f"  {p:<12} mean {m['mean']:.4f}  pooled {m['pooled']:.4f}   ({label})")
+    return lines
+
+
 # ------------------------------------------------------------------------------------------ command
 def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
-    """Load a checkpoint, rebuild its data pipeline for ``cfg.split`` and score it."""
+    """Load a checkpoint, rebuild its data pipeline for ``cfg.split`` and score it by every protocol."""
     from checkpoint import load_checkpoint, model_from_checkpoint
     from oxford_pet import build_dataloader, build_dataset
     from runtime import runtime_from_config
 
+    tta = check_tta(cfg.tta)
     ckpt = load_checkpoint(cfg.checkpoint)
     train_cfg = OmegaConf.create(ckpt["config"])
     data_cfg = merge_data_overrides(train_cfg.data, cfg.data)
@@ -108,30 +246,59 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
     model = runtime.prepare(model_from_checkpoint(ckpt))
     dataset = build_dataset(data_cfg, train_cfg.aug, cfg.split)
     loader = build_dataloader(dataset, data_cfg, train=False)
-    metrics = evaluate(model, loader, runtime, threshold=float(cfg.threshold), desc=f"eval {cfg.split}")
-    per_image = {name: dice for name, dice in metrics["per_image"]}
+    metrics = evaluate(
+        model,
+        loader,
+        runtime,
+        threshold=float(cfg.threshold),
+        desc=f"eval {cfg.split}",
+        native=True,
+        tta=tta,
+    )
     if cfg.report:
         report_dir = (
             Path(cfg.report_dir)
             if cfg.report_dir
             else default_output(cfg.checkpoint, cfg.split).with_suffix("")
         )
+        per_image = {row["name"]: row["dice_256"] for row in metrics["per_image"]}
         write_report(
-            model, runtime, dataset, per_image, report_dir, int(cfg.gallery_size), float(cfg.threshold)
+            model, runtime, dataset, per_image, report_dir, int(cfg.gallery_size), float(cfg.threshold), tta
         )
     return {
-        "checkpoint": str(cfg.checkpoint),
         "model": train_cfg.model.name,
         "split": cfg.split,
-        "data_root": str(data_cfg.root),
         "image_size": int(data_cfg.image_size),
-        "threshold": float(cfg.threshold),
-        "dice_mean": metrics["dice"],
-        "dice_pooled": metrics["dice_pooled"],
-        "count": metrics["count"],
         "missing": len(getattr(dataset, "missing", [])),
-        "per_image": per_image,
+        "metrics": metrics,
+        "tta": tta,
     }
+
+
+def metrics_json(metrics: dict[str, Any], tta: bool) -> dict[str, Any]:
+    """What evaluate.py writes: exactly dice_256, dice_native, dice_input ({"mean", "pooled"}), n, tta."""
+    return {p: metrics["protocols"][p] for p in PROTOCOLS} | {
+        "n": metrics["count"],
+        "tta": "flip" if tta else "none",
+    }
+
+
+PER_IMAGE_COLUMNS = ("name", "species", "breed", "fg_fraction", *PROTOCOLS)
+
+
+def write_per_image_csv(rows: list[dict[str, Any]], path: Path) -> None:
+    """One row per image: name, species, breed, foreground fraction (256x256 truth), each protocol's Dice."""
+    from report import breed_of, species_of
+
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=PER_IMAGE_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({"species": species_of(row["name"]), "breed": breed_of(row["name"])} | row)
+
+
+def per_image_csv_path(output: Path) -> Path:
+    return output.with_name(f"{output.stem}_per_image.csv")
 
 
 @torch.no_grad()
@@ -143,6 +310,7 @@ def write_report(
     out_dir: Path,
     gallery_size: int,
     threshold: float,
+    tta: bool = False,
 ) -> None:
     """Per-breed and per-species Dice tables (CSV + Markdown) and best/worst prediction galleries."""
     from report import breed_of, gallery, group_dice, species_of, write_table
@@ -161,9 +329,8 @@ def write_report(
         entries = []
         for name in names:
             item = dataset[index[name]]
-            with runtime.autocast():
-                logits = model(runtime.to_input(item["image"][None]))
-            pred = binarize(logits.float(), threshold)[0, 0].cpu().numpy()
+            logits = predict_logits(model, runtime.to_input(item["image"][None]), runtime, tta)
+            pred = binarize(logits, threshold)[0, 0].cpu().numpy()
             image = denormalize(item["image"], list(dataset.mean), list(dataset.std))
             entries.append((name, per_image[name], image, item["mask"][0].numpy() > 0.5, pred))
         gallery(entries, out_dir / f"gallery_{label}.png")
@@ -171,8 +338,6 @@ def write_report(
 
 def merge_data_overrides(data_cfg: DictConfig, overrides: DictConfig) -> DictConfig:
     """The checkpoint's data settings with the keys given on the command line replaced."""
-    from errors import PetsegError
-
     unknown = sorted(set(overrides) - set(data_cfg))
     if unknown:
         raise PetsegError(f"unknown data key(s) {', '.join(unknown)}; valid: {', '.join(sorted(data_cfg))}")
@@ -189,14 +354,19 @@ def main(argv: list[str] | None = None) -> int:
     def run() -> int:
         cfg = load_cli_config("evaluate", sys.argv[1:] if argv is None else argv)
         result = evaluate_checkpoint(cfg)
+        metrics = result["metrics"]
         output = Path(cfg.output) if cfg.output else default_output(cfg.checkpoint, cfg.split)
         output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(json.dumps(result, indent=2) + "\n")
+        output.write_text(json.dumps(metrics_json(metrics, result["tta"]), indent=2) + "\n")
+        per_image = per_image_csv_path(output)
+        write_per_image_csv(metrics["per_image"], per_image)
+        missing = f", {result['missing']} listed images missing" if result["missing"] else ""
         print(
-            f"{result['model']} on {result['split']} ({result['count']} images, {result['image_size']} px): "
-            f"mean Dice {result['dice_mean']:.4f}, pooled Dice {result['dice_pooled']:.4f}"
+            f"{result['model']} on {result['split']}: {metrics['count']} images{missing}; model input "
+            f"{result['image_size']} px, flip TTA {'on' if result['tta'] else 'off'}"
         )
-        print(f"metrics written to {output}")
+        print("\n".join(format_protocols(metrics["protocols"], result["image_size"])))
+        print(f"metrics written to {output}, per-image scores to {per_image}")
         return 0
 
     return run_command(run)

@@ -6,7 +6,9 @@
 
 For each image it writes ``<name>_mask.png`` (0/255, at the image's original size) and
 ``<name>_overlay.png`` (the mask tinted over the image), plus one ``grid.png`` of overlays. With
-``split=`` it also reports the split's mean Dice, through the same ``evaluate()`` loop as evaluate.py.
+``split=`` it also reports the split's Dice by the reference protocol (256x256 masks) and at the images'
+original size, through the same ``evaluate()`` loop as evaluate.py. ``tta=flip`` averages the logits of
+each image and its mirror image.
 
 Inputs are decoded like the training images (``oxford_pet.read_image``): any format PIL reads, grayscale
 and palette images as RGB, transparency composited over black, the first frame of animations; any size
@@ -23,7 +25,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 from torch import nn
@@ -42,7 +43,9 @@ OVERLAY_ROWS = 256
 class Predictor:
     """A checkpoint's model with its own preprocessing: RGB array in, binary mask at that size out."""
 
-    def __init__(self, ckpt: dict[str, Any], device: str = "auto", threshold: float = 0.5) -> None:
+    def __init__(
+        self, ckpt: dict[str, Any], device: str = "auto", threshold: float = 0.5, tta: bool = False
+    ) -> None:
         from checkpoint import model_from_checkpoint
         from oxford_pet import build_transform
         from runtime import runtime_from_config
@@ -56,11 +59,7 @@ class Predictor:
         self.mean = list(self.config.data.mean)
         self.std = list(self.config.data.std)
         self.threshold = threshold
-
-    @torch.no_grad()
-    def logits_at(self, logits: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        """Model logits (1, 1, S, S) resized to an image's own size, bilinearly (before thresholding)."""
-        return F.interpolate(logits.float(), size=(height, width), mode="bilinear", align_corners=False)
+        self.tta = tta
 
     @torch.no_grad()
     def predict(self, image: np.ndarray) -> np.ndarray:
@@ -68,10 +67,11 @@ class Predictor:
         from oxford_pet import to_model_input
 
         resized = self.transform(image=image)["image"]
+        from evaluate import predict_logits, resize_logits
+
         batch = self.runtime.to_input(to_model_input(resized, self.mean, self.std)[None])
-        with self.runtime.autocast():
-            logits = self.model(batch)
-        full = self.logits_at(logits, image.shape[0], image.shape[1])
+        logits = predict_logits(self.model, batch, self.runtime, self.tta)
+        full = resize_logits(logits, image.shape[0], image.shape[1])
         return binarize(full, self.threshold)[0, 0].cpu().numpy()
 
 
@@ -193,7 +193,7 @@ def predict_files(predictor: Predictor, files: list[Path], out_dir: Path) -> tup
 
 def predict_split(predictor: Predictor, cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     """Predict every image of a split, writing outputs at original size, and score it with evaluate()."""
-    from evaluate import evaluate, merge_data_overrides
+    from evaluate import evaluate, merge_data_overrides, resize_logits
     from oxford_pet import build_dataloader, build_dataset, image_path, read_image
 
     data_cfg = merge_data_overrides(predictor.config.data, cfg.data)
@@ -204,7 +204,7 @@ def predict_split(predictor: Predictor, cfg: DictConfig, out_dir: Path) -> dict[
     def save(batch: dict[str, Any], logits: torch.Tensor, _dice: torch.Tensor) -> None:
         for name, one in zip(batch["name"], logits, strict=True):
             image = read_image(image_path(dataset.root, name))
-            full = predictor.logits_at(one[None], image.shape[0], image.shape[1])
+            full = resize_logits(one[None], image.shape[0], image.shape[1])
             mask = binarize(full, predictor.threshold)[0, 0].cpu().numpy()
             picture = write_prediction(out_dir, name, image, mask)
             if len(overlays) < GRID_MAX_IMAGES:  # a whole split of full-size overlays would not fit
@@ -217,6 +217,8 @@ def predict_split(predictor: Predictor, cfg: DictConfig, out_dir: Path) -> dict[
         threshold=predictor.threshold,
         desc=f"predict {cfg.split}",
         on_batch=save,
+        native=True,
+        tta=predictor.tta,
     )
     write_grid(out_dir, overlays)
     return metrics
@@ -231,15 +233,17 @@ def main(argv: list[str] | None = None) -> int:
         if (cfg.input is None) == (cfg.split is None):
             raise PetsegError("give exactly one of input=<image or folder> or split=<train|valid|test>")
         files = list_inputs(Path(cfg.input)) if cfg.input is not None else []
-        predictor = Predictor(load_checkpoint(cfg.checkpoint), str(cfg.device), float(cfg.threshold))
+        from evaluate import check_tta, format_protocols
+
+        tta = check_tta(cfg.tta)
+        predictor = Predictor(load_checkpoint(cfg.checkpoint), str(cfg.device), float(cfg.threshold), tta)
         out_dir = Path(cfg.output)
         out_dir.mkdir(parents=True, exist_ok=True)
         if cfg.split is not None:
             metrics = predict_split(predictor, cfg, out_dir)
-            print(
-                f"{cfg.split}: {metrics['count']} images, mean Dice {metrics['dice']:.4f}, "
-                f"pooled Dice {metrics['dice_pooled']:.4f}; predictions in {out_dir}"
-            )
+            print(f"{cfg.split}: {metrics['count']} images, flip TTA {'on' if tta else 'off'}")
+            print("\n".join(format_protocols(metrics["protocols"], predictor.image_size)))
+            print(f"predictions in {out_dir}")
             return 0
         done, failed = predict_files(predictor, files, out_dir)
         print(f"{done} image(s) predicted, {failed} failed; outputs in {out_dir}")

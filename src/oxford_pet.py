@@ -209,12 +209,27 @@ def trimap_to_mask(trimap: np.ndarray) -> np.ndarray:
     return ((trimap == TRIMAP_PET) | (trimap == TRIMAP_BORDER)).astype(np.uint8)
 
 
+# The reference protocol scores every prediction against the trimap resized to this size (by PIL NEAREST).
+REFERENCE_SIZE = 256
+
+
+def reference_mask(mask: np.ndarray, size: int = REFERENCE_SIZE) -> np.ndarray:
+    """A binary uint8 mask (H, W) resized to size x size by PIL's NEAREST: the ground truth of the
+    reference protocol (SimpleOxfordPetDataset resizes its trimaps exactly this way)."""
+    return np.asarray(Image.fromarray(mask).resize((size, size), Image.NEAREST), dtype=np.uint8).copy()
+
+
 # --------------------------------------------------------------------------------------- augmentation
 
 
 def resize_transform(image_size: int) -> A.Resize:
     """The final resize to image_size x image_size: area for shrinking images, bilinear for enlarging,
-    nearest for masks (so a mask stays exactly {0, 1})."""
+    nearest for masks (so a mask stays exactly {0, 1}).
+
+    Masks use INTER_NEAREST_EXACT, which samples the source pixel under each output pixel's centre,
+    like the image's resampling and PIL's NEAREST (the reference protocol's). Plain INTER_NEAREST takes
+    the top-left pixel of each source cell instead, shifting every mask up to (s-1)/2 source pixels
+    right and down of its image."""
     import albumentations as A
     import cv2
 
@@ -223,7 +238,7 @@ def resize_transform(image_size: int) -> A.Resize:
         width=image_size,
         interpolation=cv2.INTER_LINEAR,
         area_for_downscale="image",
-        mask_interpolation=cv2.INTER_NEAREST,
+        mask_interpolation=cv2.INTER_NEAREST_EXACT,
         p=1.0,
     )
 
@@ -282,8 +297,27 @@ def build_train_transforms(aug_cfg: Any) -> list[Any]:
                     f"aug '{name}': train[{i}] ({type(part).__name__}) has mask_interpolation={mask_interp}; "
                     "masks must be resampled by nearest neighbour (mask_interpolation: 0)"
                 )
+            if mask_interp == cv2.INTER_NEAREST and isinstance(part, _cv2_resize_transforms()):
+                # cv2.resize's INTER_NEAREST is not centre-aligned (see resize_transform); the warps
+                # (Affine, Perspective, ...) are, and accept nothing else, so only resizes are upgraded.
+                part.mask_interpolation = cv2.INTER_NEAREST_EXACT
         transforms.append(t)
     return transforms
+
+
+def _cv2_resize_transforms() -> tuple[type, ...]:
+    """albumentations transforms that resample masks with cv2.resize (they accept INTER_NEAREST_EXACT)."""
+    import albumentations as A
+
+    return (
+        A.Resize,
+        A.RandomResizedCrop,
+        A.RandomSizedCrop,
+        A.RandomSizedBBoxSafeCrop,
+        A.RandomScale,
+        A.LongestMaxSize,
+        A.SmallestMaxSize,
+    )
 
 
 def _walk(transform: Any) -> list[Any]:
@@ -427,6 +461,10 @@ class OxfordPetDataset(Dataset):
                 f"image {img_file} is {iw}x{ih} but its trimap {tri_file} is {tw}x{th}; they must match"
             )
         return image, trimap_to_mask(trimap)
+
+    def load_mask(self, name: str) -> np.ndarray:
+        """Binary uint8 mask (H, W) of ``name`` at its original size, decoded from the trimap alone."""
+        return trimap_to_mask(read_trimap(trimap_path(self.root, name)))
 
     # True only in the copies of the dataset inside build_dataloader's worker processes (set by
     # compact_worker_init_fn): there items leave as uint8 and CompactLoader expands them in the main

@@ -64,7 +64,7 @@ from distributed import (
     wrap_model,
 )
 from errors import PetsegError, TrainingDiverged
-from evaluate import evaluate
+from evaluate import ReferenceTargets, evaluate
 from losses import build_loss
 from models import build_model
 from optim import build_optimizer, build_scheduler
@@ -362,6 +362,9 @@ class Trainer:
         shard = {"rank": dist.rank, "world_size": dist.world_size}
         self.train_loader = build_dataloader(self.train_set, cfg.data, train=True, seed=int(t.seed), **shard)
         self.val_loader = build_dataloader(self.val_set, cfg.data, train=False, **shard)
+        # val/dice is the reference protocol's (256x256 masks), so runs at any image size compare; the
+        # 256x256 masks are made once, at the first validation, and kept.
+        self.val_targets = ReferenceTargets.of(self.val_set, keep=True)
         shield_workers(self.train_loader)
         shield_workers(self.val_loader)
         self.steps_per_epoch = len(self.train_loader)
@@ -629,6 +632,7 @@ class Trainer:
             desc=f"valid {epoch + 1}/{epochs}",
             on_batch=keep if want and self.dist.is_main else None,
             dist=self.dist,
+            targets=self.val_targets,
         )
         return metrics, samples
 
@@ -657,6 +661,7 @@ class Trainer:
             "val/loss": val_metrics["loss"],
             "val/dice": val_metrics["dice"],
             "val/dice_pooled": val_metrics["dice_pooled"],
+            "val/dice_input": val_metrics["protocols"]["dice_input"]["mean"],
             "lr": lr,
         }
         if writer is not None:
@@ -675,7 +680,8 @@ class Trainer:
         if improved:
             p.best_metric, p.best_epoch = monitored, step
         log.info(
-            "epoch %d/%d  train loss %.4f dice %.4f | val loss %.4f dice %.4f (pooled %.4f)%s",
+            "epoch %d/%d  train loss %.4f dice %.4f | val loss %.4f dice_256 %.4f (pooled %.4f, "
+            "at input size %.4f)%s",
             step,
             epochs,
             record["train/loss"],
@@ -683,6 +689,7 @@ class Trainer:
             record["val/loss"],
             record["val/dice"],
             record["val/dice_pooled"],
+            record["val/dice_input"],
             "  *best*" if improved else "",
         )
         ckpt_cfg = self.cfg.trainer.checkpoint

@@ -61,6 +61,12 @@ def test_configs_have_the_expected_kinds_of_transforms() -> None:
     assert build_train_transforms(OmegaConf.load(AUG / "none.yaml")) == []
 
 
+def _centroid(a: np.ndarray) -> np.ndarray:
+    w = a.astype(np.float64)
+    ys, xs = np.mgrid[: a.shape[0], : a.shape[1]]
+    return np.array([(w * ys).sum(), (w * xs).sum()]) / w.sum()
+
+
 @pytest.mark.parametrize(("config", "index"), _params(A.DualTransform))
 def test_geometric_transform_keeps_image_and_mask_aligned(
     config: str, index: int, masks: list[np.ndarray]
@@ -77,6 +83,10 @@ def test_geometric_transform_keeps_image_and_mask_aligned(
             image_says_pet = out["image"].mean(axis=2) > 127.5
             agreement = (image_says_pet == out["mask"].astype(bool)).mean()
             assert agreement >= 0.98, f"seed {seed}: image and mask agree on only {agreement:.1%} of pixels"
+            # Tighter: the centroids of the two agree within a third of a pixel (a top-left nearest
+            # resize of the mask puts it ~0.5 px right and down of its image: test_protocols.py).
+            offset = np.abs(_centroid(out["image"][..., 0]) - _centroid(out["mask"])).max()
+            assert offset < 0.35, f"seed {seed}: mask centroid {offset:.2f} px away from the image's"
             still = oxford_pet.resize_transform(SIZE)(image=image, mask=mask)["mask"]
             moved += not np.array_equal(out["mask"], still)
     assert moved, "the transform never changed the mask: the check above proves nothing"

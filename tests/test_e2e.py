@@ -103,16 +103,54 @@ def test_checkpoints_hold_weights_config_epoch_and_metrics(trained: Path):
     assert all(torch.equal(exported["model"][k], best["model"][k]) for k in best["model"])
 
 
-def test_evaluate_command_writes_json(trained: Path, tmp_path: Path):
+def _per_image(csv_path: Path) -> list[dict[str, str]]:
+    import csv
+
+    with csv_path.open() as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_evaluate_command_writes_json_and_per_image_csv(trained: Path, tmp_path: Path):
     out = tmp_path / "metrics.json"
     result = run("evaluate.py", f"checkpoint={trained / 'best.pth'}", "split=test", f"output={out}")
     metrics = json.loads(out.read_text())
+    assert set(metrics) == {"dice_256", "dice_native", "dice_input", "n", "tta"}
+    assert metrics["tta"] == "none"
     test_names = [line.split()[0] for line in (SAMPLE / "annotations" / "test.txt").read_text().splitlines()]
-    assert metrics["count"] == len(test_names)
-    assert set(metrics["per_image"]) == set(test_names)
-    assert 0.0 <= metrics["dice_mean"] <= 1.0 and 0.0 <= metrics["dice_pooled"] <= 1.0
-    assert metrics["dice_mean"] == pytest.approx(np.mean(list(metrics["per_image"].values())))
-    assert f"{metrics['dice_mean']:.4f}" in result.stdout
+    assert metrics["n"] == len(test_names)
+    rows = _per_image(tmp_path / "metrics_per_image.csv")
+    assert [r["name"] for r in rows] == test_names
+    assert set(rows[0]) == {
+        "name",
+        "species",
+        "breed",
+        "fg_fraction",
+        "dice_256",
+        "dice_native",
+        "dice_input",
+    }
+    for protocol in ("dice_256", "dice_native", "dice_input"):
+        assert set(metrics[protocol]) == {"mean", "pooled"}
+        assert 0.0 <= metrics[protocol]["pooled"] <= 1.0
+        assert metrics[protocol]["mean"] == pytest.approx(
+            np.mean([float(r[protocol]) for r in rows]), abs=1e-6
+        )
+    # The reference protocol is printed first, and says what it is.
+    lines = result.stdout.splitlines()
+    first = next(i for i, line in enumerate(lines) if "dice_" in line)
+    assert "dice_256" in lines[first] and "reference protocol" in lines[first]
+    assert f"{metrics['dice_256']['mean']:.4f}" in lines[first]
+
+
+def test_evaluate_with_flip_tta_says_so(trained: Path, tmp_path: Path):
+    out = tmp_path / "tta.json"
+    result = run(
+        "evaluate.py", f"checkpoint={trained / 'best.pth'}", "split=test", f"output={out}", "tta=flip"
+    )
+    assert json.loads(out.read_text())["tta"] == "flip"
+    assert "flip TTA on" in result.stdout
+    bad = run("evaluate.py", f"checkpoint={trained / 'best.pth'}", "tta=rotate", check=False)
+    assert bad.returncode == 2 and "tta must be one of none, flip" in bad.stderr
 
 
 def test_evaluate_report_writes_group_tables_and_galleries(trained: Path, tmp_path: Path):
@@ -130,7 +168,7 @@ def test_evaluate_report_writes_group_tables_and_galleries(trained: Path, tmp_pa
         f"report_dir={report_dir}",
         "gallery_size=2",
     )
-    per_image = json.loads((tmp_path / "m.json").read_text())["per_image"]
+    per_image = {r["name"]: float(r["dice_256"]) for r in _per_image(tmp_path / "m_per_image.csv")}
     with (report_dir / "per_breed.csv").open() as fh:
         breeds = {row["group"]: row for row in csv.DictReader(fh)}
     assert set(breeds) == {breed_of(n) for n in per_image}
@@ -167,12 +205,11 @@ def test_inference_on_a_split_reports_the_same_dice_as_evaluate(trained: Path, t
     ckpt = trained / "best.pth"
     evaluated = run("evaluate.py", f"checkpoint={ckpt}", "split=test", f"output={tmp_path / 'm.json'}")
     predicted = run("inference.py", f"checkpoint={ckpt}", "split=test", f"output={tmp_path / 'pred'}")
-    dice = json.loads((tmp_path / "m.json").read_text())["dice_mean"]
-    assert f"mean Dice {dice:.4f}" in predicted.stdout, (evaluated.stdout, predicted.stdout)
-    assert (
-        len(list((tmp_path / "pred").glob("*_mask.png")))
-        == json.loads((tmp_path / "m.json").read_text())["count"]
-    )
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    for protocol in ("dice_256", "dice_native"):
+        line = next(line for line in predicted.stdout.splitlines() if line.strip().startswith(protocol))
+        assert f"mean {metrics[protocol]['mean']:.4f}" in line, (evaluated.stdout, predicted.stdout)
+    assert len(list((tmp_path / "pred").glob("*_mask.png"))) == metrics["n"]
 
 
 def test_curves_command_writes_png(trained: Path, tmp_path: Path):
