@@ -394,12 +394,13 @@ class Trainer:
             self.train_model = torch.compile(self.train_model)
         self.threshold = float(t.threshold)
         log.info(
-            "model %s (%.2fM params) on %s, amp=%s, channels_last=%s; %d train / %d valid images%s",
+            "model %s (%.2fM params) on %s, %s, channels_last=%s (%s); %d train / %d valid images%s",
             cfg.model.name,
             sum(p.numel() for p in self.model.parameters()) / 1e6,
             self.runtime.device,
-            self.runtime.amp_dtype,
+            self.runtime.describe()["amp"],
             self.runtime.channels_last,
+            self.runtime.why,
             len(self.train_set),
             len(self.val_set),
             f"; {dist.world_size} processes (DDP), global batch {dist.world_size * int(cfg.data.batch_size)}"
@@ -424,6 +425,7 @@ class Trainer:
             "rng": capture_rng(),
             "train_images": len(self.train_set),
             "world_size": self.dist.world_size,
+            "runtime": self.runtime.describe(),  # what the 'auto' settings became, and why
         }
 
     def _restore(self, path: Path) -> None:

@@ -232,3 +232,26 @@ def test_user_resize_in_the_augmentation_is_made_centre_aligned() -> None:
     )
     (scale,) = oxford_pet.build_train_transforms(aug)
     assert scale.mask_interpolation == cv2.INTER_NEAREST_EXACT
+
+
+@pytest.mark.parametrize("model", ["unet", "resnet34_unet"])
+def test_bf16_evaluation_keeps_every_dice_within_0_001_of_fp32(model: str, sample_root: Path) -> None:
+    """Evaluation and inference use the training rule (bf16 + channels_last on CPUs with bf16 units):
+    allowed because the shipped checkpoints score the same within 0.001 either way."""
+    from checkpoint import load_checkpoint, model_from_checkpoint
+
+    ckpt = load_checkpoint(Path(__file__).resolve().parents[1] / "saved_models" / f"{model}.pth")
+    cfg = OmegaConf.create(ckpt["config"])
+    data = OmegaConf.merge(cfg.data, {"root": str(sample_root), "num_workers": 0})
+    dataset = build_dataset(data, cfg.aug, "test")
+    scores = {}
+    for amp, layout in (("off", False), ("bf16", True)):
+        rt = runtime_from_config(
+            OmegaConf.merge(cfg.trainer, {"device": "cpu", "amp": amp, "channels_last": layout})
+        )
+        net = rt.prepare(model_from_checkpoint(ckpt))
+        loader = build_dataloader(dataset, data, train=False)
+        scores[amp] = evaluate(net, loader, rt, progress=False, native=True)["protocols"]
+    for protocol, fp32 in scores["off"].items():
+        for kind in ("mean", "pooled"):
+            assert scores["bf16"][protocol][kind] == pytest.approx(fp32[kind], abs=1e-3), (protocol, kind)

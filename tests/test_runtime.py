@@ -27,24 +27,40 @@ def trainer_cfg(**overrides: object) -> DictConfig:
 def test_defaults_resolve_to_the_measured_cpu_choices() -> None:
     rt = runtime_from_config(trainer_cfg())
     assert rt.device == torch.device("cpu")
-    assert rt.amp_dtype is None  # bf16 autocast is slower than fp32 on CPUs without AMX/AVX512-BF16
-    assert rt.channels_last is runtime.AUTO_CHANNELS_LAST["cpu"]
+    fast_bf16 = runtime.cpu_bf16_units() is not None
+    # bf16 autocast + channels_last where the CPU has AMX or AVX512-BF16, fp32 elsewhere (emulated bf16)
+    assert rt.amp_dtype is (torch.bfloat16 if fast_bf16 else None)
+    assert rt.channels_last is fast_bf16
     assert rt.compile is False  # opt-in: minutes of compile time
+    assert rt.why.startswith("auto: CPU")
 
 
-def test_auto_on_cpu_follows_the_table(monkeypatch: pytest.MonkeyPatch) -> None:
-    for choice in (True, False):
-        monkeypatch.setitem(runtime.AUTO_CHANNELS_LAST, "cpu", choice)
-        assert runtime_from_config(trainer_cfg(channels_last="auto")).channels_last is choice
-        # An explicit value always wins over the table.
-        assert runtime_from_config(trainer_cfg(channels_last=not choice)).channels_last is (not choice)
+@pytest.mark.parametrize(
+    ("units", "amp", "layout"),
+    [("AMX", torch.bfloat16, True), ("AVX512-BF16", torch.bfloat16, True), (None, None, False)],
+)
+def test_auto_on_cpu_follows_the_bf16_units(monkeypatch: pytest.MonkeyPatch, units, amp, layout) -> None:
+    monkeypatch.setattr(runtime, "cpu_bf16_units", lambda: units)
+    rt = runtime_from_config(trainer_cfg())
+    assert (rt.amp_dtype, rt.channels_last) == (amp, layout)
+    assert (units or "without AMX") in rt.why and rt.describe()["amp"] == ("bf16" if amp else "fp32")
+    # An explicit value always wins, and the reason says so.
+    rt = runtime_from_config(trainer_cfg(amp="off", channels_last=not layout))
+    assert (rt.amp_dtype, rt.channels_last) == (None, not layout)
+    assert rt.why == f"amp=off as set; channels_last={not layout} as set"
 
 
 def test_explicit_settings_are_kept() -> None:
     rt = runtime_from_config(
         trainer_cfg(amp="bf16", channels_last=True, compile=True, retain_host_memory=False)
     )
-    assert rt == Runtime(torch.device("cpu"), torch.bfloat16, channels_last=True, compile=True)
+    assert (rt.device, rt.amp_dtype, rt.channels_last, rt.compile, rt.retain_memory) == (
+        torch.device("cpu"),
+        torch.bfloat16,
+        True,
+        True,
+        False,
+    )
     assert runtime_from_config(trainer_cfg(amp="off", channels_last=False)).channels_last is False
 
 
@@ -66,7 +82,11 @@ def test_misspelt_values_are_user_errors(key: str, value: str, message: str) -> 
 def test_missing_keys_mean_the_defaults() -> None:
     # Trainer configs saved in older checkpoints may lack the newer keys.
     rt = runtime_from_config(OmegaConf.create({"device": "cpu"}))
-    assert rt.amp_dtype is None and rt.channels_last is runtime.AUTO_CHANNELS_LAST["cpu"] and not rt.compile
+    assert (rt.amp_dtype, rt.channels_last) == (
+        runtime_from_config(trainer_cfg()).amp_dtype,
+        rt.channels_last,
+    )
+    assert rt.channels_last is (runtime.cpu_bf16_units() is not None) and not rt.compile
 
 
 def test_cuda_request_without_cuda_is_a_user_error() -> None:
