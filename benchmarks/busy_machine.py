@@ -11,7 +11,8 @@ alone, then while a pure-Python busy loop (one CPU-bound thread) runs beside it.
 
 Rows (``--rows``): ``active`` (OMP_WAIT_POLICY=ACTIVE: spin), ``libgomp`` (the library's default:
 spin ~300k iterations, then sleep), ``passive`` (OMP_WAIT_POLICY=PASSIVE: sleep at once),
-``threads1`` (torch.set_num_threads(1), default policy), ``petseg`` (what src/train.py does now).
+``threads1`` (torch.set_num_threads(1), default policy), ``auto`` (``trainer.threads: auto``: all cores,
+thread_tuner.ThreadTuner timing every step; at least 12 warm-up steps so it can settle).
 """
 
 from __future__ import annotations
@@ -33,16 +34,12 @@ ROWS = {
     "libgomp": {},
     "passive": {"OMP_WAIT_POLICY": "PASSIVE"},
     "threads1": {"PETSEG_BENCH_THREADS": "1"},
-    "petseg": {"PETSEG_BENCH_PETSEG_ENV": "1"},
+    "auto": {"PETSEG_BENCH_TUNER": "1"},
 }
-_OWN = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "PETSEG_BENCH_THREADS", "PETSEG_BENCH_PETSEG_ENV")
+_OWN = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "PETSEG_BENCH_THREADS", "PETSEG_BENCH_TUNER")
 
 
 def worker(args: argparse.Namespace) -> None:
-    if os.environ.get("PETSEG_BENCH_PETSEG_ENV"):
-        import cpu_threads  # what every entry script does before importing torch
-
-        cpu_threads.configure()
     import torch
     from omegaconf import OmegaConf
 
@@ -69,13 +66,20 @@ def worker(args: argparse.Namespace) -> None:
         loss_fn(logits.float(), masks).backward()
         optimizer.step()
 
-    for _ in range(args.warmup):
-        step()
+    tuner = None
+    if os.environ.get("PETSEG_BENCH_TUNER"):
+        from thread_tuner import ThreadTuner
+
+        tuner = ThreadTuner((torch.get_num_threads(), 1), torch.set_num_threads)
     times = []
-    for _ in range(args.steps):
+    for _ in range(max(args.warmup, 12 if tuner else 0) + args.steps):
         start = time.perf_counter()
         step()
-        times.append(time.perf_counter() - start)
+        seconds = time.perf_counter() - start
+        if tuner is not None:
+            tuner.after_step(seconds)
+        times.append(seconds)
+    times = times[-args.steps :]
     print(json.dumps({"median": statistics.median(times), "times": times}), flush=True)
 
 
@@ -113,7 +117,7 @@ def main() -> int:
     if args.worker:
         worker(args)
         return 0
-    print(f"| row | alone s/step | beside 1 busy process s/step | slowdown |\n|---|---:|---:|---:|")
+    print("| row | alone s/step | beside 1 busy process s/step | slowdown |\n|---|---:|---:|---:|")
     for row in args.rows:
         alone, busy = measure(args, row, False), measure(args, row, True)
         print(f"| {row} | {alone:.2f} | {busy:.2f} | {busy / alone:.1f}x |", flush=True)

@@ -211,7 +211,9 @@ def plain_loop(args: argparse.Namespace) -> None:
     out = args.out / "plain_timeline.jsonl"
     for epoch in range(args.epochs):
         model.train()
-        for batch in train_loader:
+        for index, batch in enumerate(train_loader):
+            if args.limit_batches is not None and index >= args.limit_batches:
+                return  # benchmarks/seconds_per_batch.py: training steps only
             optimizer.zero_grad()
             loss = loss_fn(model(batch["image"]), batch["mask"])
             loss.backward()
@@ -304,6 +306,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--petseg-overrides", nargs="*", default=[], help="extra train.py overrides")
     parser.add_argument("--_plain", dest="plain", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--limit-batches", type=int, help=argparse.SUPPRESS)  # plain loop: N steps, no eval
     args = parser.parse_args()
     args.out = args.out.resolve()
     args.root = str(Path(args.root).resolve())

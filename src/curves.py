@@ -51,7 +51,7 @@ def plot_curves(run_dirs: list[Path], labels: list[str], out: Path, title: str =
                 epochs, values = zip(*series[tag], strict=True)
                 ax.plot(epochs, values, style, color=colour, marker="o", markersize=3, label=f"{label} {tag}")
     ax.set_xlabel("epoch")
-    ax.set_ylabel("Dice")
+    ax.set_ylabel("Dice (train: at input size; val: dice_256, reference protocol)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()

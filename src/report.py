@@ -51,7 +51,7 @@ def write_table(rows: list[dict[str, object]], csv_path: Path, title: str) -> st
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    header = f"| {title} | images | mean Dice | min | max |\n|---|---:|---:|---:|---:|\n"
+    header = f"| {title} | images | mean dice_256 | min | max |\n|---|---:|---:|---:|---:|\n"
     body = "".join(
         f"| {r['group']} | {r['images']} | {r['mean_dice']:.4f} | {r['min_dice']:.4f} "
         f"| {r['max_dice']:.4f} |\n"

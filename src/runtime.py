@@ -131,7 +131,7 @@ def runtime_from_config(trainer: DictConfig, dist: DistInfo = SINGLE) -> Runtime
     """Resolve the 'auto' settings of the trainer group into concrete choices for this machine (and,
     under DDP, this rank: its own GPU)."""
     device = device_for(dist, resolve_device(str(trainer.device)))
-    if trainer.get("threads"):
+    if trainer.get("threads") not in (None, "auto"):  # auto: all cores, tuned by thread_tuner in training
         torch.set_num_threads(int(trainer.threads))
     if device.type == "cuda" and not torch.cuda.is_available():
         raise PetsegError(

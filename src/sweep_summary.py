@@ -83,7 +83,7 @@ def summarise(sweep_dir: Path) -> list[RunSummary]:
     return sorted(rows, key=lambda r: -1.0 if r.best_dice is None else r.best_dice, reverse=True)
 
 
-HEADER = ("rank", "run", "overrides", "best val Dice", "epoch", "epochs", "wall min")
+HEADER = ("rank", "run", "overrides", "best val dice_256", "epoch", "epochs", "wall min")
 
 
 def as_cells(rank: int, row: RunSummary) -> list[str]:

@@ -71,6 +71,7 @@ from optim import build_optimizer, build_scheduler
 from oxford_pet import build_dataloader, build_dataset
 from runtime import Runtime, runtime_from_config
 from tb_hparams import write_hparams_end, write_hparams_start
+from thread_tuner import ThreadTuner, tuner_for
 from utils import binarize, denormalize, dice_per_image, overlay, seed_everything
 
 log = logging.getLogger("petseg.train")
@@ -393,6 +394,7 @@ class Trainer:
         if t.compile:
             self.train_model = torch.compile(self.train_model)
         self.threshold = float(t.threshold)
+        self.thread_tuner: ThreadTuner | None = tuner_for(t, self.runtime.device, dist.enabled)
         log.info(
             "model %s (%.2fM params) on %s, %s, channels_last=%s (%s); %d train / %d valid images%s",
             cfg.model.name,
@@ -547,6 +549,7 @@ class Trainer:
             disable=not self.dist.is_main,
         ) as bar:
             for batch in self.train_loader if p.step < self.steps_per_epoch else ():
+                started = time.perf_counter()
                 images = self.runtime.to_input(batch["image"])
                 masks = batch["mask"].to(self.runtime.device, non_blocking=True)
                 self.optimizer.zero_grad(set_to_none=True)
@@ -572,6 +575,8 @@ class Trainer:
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
                 self.scheduler.step()
+                if self.thread_tuner is not None:
+                    self.thread_tuner.after_step(time.perf_counter() - started)
                 p.loss_sum += loss_total
                 p.dice_sum += dice_sum
                 p.seen += n

@@ -69,7 +69,9 @@ def _validate_trainer(t: DictConfig) -> None:
         raise PetsegError(f"trainer.threshold must be a number strictly between 0 and 1, got {threshold!r}")
     if t.grad_clip is not None:
         _positive(t.grad_clip, "trainer.grad_clip")
-    for key in ("threads", "limit_train_batches", "limit_val_batches"):
+    if t.get("threads") != "auto":
+        _optional_positive_int(t.get("threads"), "trainer.threads (or auto)")
+    for key in ("limit_train_batches", "limit_val_batches"):
         _optional_positive_int(t.get(key), f"trainer.{key}")
     _optional_positive_int(t.checkpoint.get("every_n_steps"), "trainer.checkpoint.every_n_steps")
     _non_negative_int(t.overlays.count, "trainer.overlays.count")

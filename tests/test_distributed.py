@@ -68,7 +68,7 @@ def test_shards_partition_every_epoch_and_split() -> None:
 def test_torchrun_trains_one_run_written_by_rank_zero_only(ddp_run) -> None:
     run_dir, result = ddp_run
     assert "2 processes (DDP), global batch 8" in result.stdout + result.stderr
-    assert {p.name for p in run_dir.parent.iterdir()} == {"run", "cwd", "saved"}  # one run dir
+    assert {p.name for p in run_dir.parent.iterdir()} == {"run", "cwd", "saved", "cache"}  # one run dir
     assert not any((run_dir.parent / "cwd").iterdir())  # rank 1 created nothing
     log_lines = (run_dir / "train.log").read_text().splitlines()
     assert sum("epoch 1/2" in line for line in log_lines) == 1  # one writer

@@ -41,6 +41,7 @@ def tiny_overrides(tmp: Path, epochs: int = 2) -> list[str]:
         "trainer.overlays.every_n_epochs=1",
         "trainer.overlays.count=2",
         f"trainer.checkpoint.export_dir={tmp / 'saved'}",
+        f"data.cache_dir={tmp / 'cache'}",
     ]
 
 

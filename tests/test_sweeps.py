@@ -42,12 +42,12 @@ def test_optuna_search_runs_trials_and_summary_ranks_them(tmp_path: Path):
     with (sweep / "summary.csv").open() as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 2
-    dice = [float(r["best val Dice"]) for r in rows]
+    dice = [float(r["best val dice_256"]) for r in rows]
     assert dice == sorted(dice, reverse=True) and dice[0] == pytest.approx(best, abs=1e-4)
     assert all("optim.lr=" in r["overrides"] for r in rows)  # the varying overrides are shown
     assert "data.root" not in rows[0]["overrides"]  # the shared ones are not
     assert (sweep / "summary.md").read_text().startswith("| rank |")
-    assert "best val Dice" in out.stdout
+    assert "best val dice_256" in out.stdout
 
 
 def test_submitit_local_launcher_runs_each_job(tmp_path: Path):

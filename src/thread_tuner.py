@@ -1,0 +1,100 @@
+"""CPU training on a shared machine: pick the torch thread count by timing the steps themselves.
+
+torch uses one thread per core. When another CPU-bound process runs on a small machine (a second run,
+an evaluation, a browser), the thread that loses its core holds up every parallel region of the step,
+and a step at 2 threads became 3.5x slower beside one busy process on a 2-core EPYC, while 1 thread
+kept its own pace (benchmarks/busy_machine.py: 0.59 s alone -> 2.09 s busy at 2 threads, 1.20 s
+either way at 1 thread; OpenMP's wait policy made no difference there). No fixed setting is right for
+both cases, so ``trainer.threads: auto`` measures: every ``period`` steps, and at once when the steps
+get much slower than the best seen, it times ``probe`` steps at the other thread count and keeps the
+faster one. On a quiet machine this costs the probe steps (~1-2 % of the time).
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+log = logging.getLogger("petseg.threads")
+
+
+class ThreadTuner:
+    """Call ``after_step(seconds)`` after every train step; it calls ``set_threads(n)`` when it probes
+    or switches. ``choices``: the thread counts to choose from (e.g. (cores, 1))."""
+
+    def __init__(
+        self,
+        choices: tuple[int, ...],
+        set_threads: Callable[[int], None],
+        period: int = 200,
+        probe: int = 3,
+        window: int = 5,
+        slowdown: float = 1.5,
+    ) -> None:
+        self.choices = tuple(dict.fromkeys(choices))
+        self.set_threads = set_threads
+        self.period, self.probe, self.slowdown = period, probe, slowdown
+        self.current = self.choices[0]
+        self.recent: deque[float] = deque(maxlen=window)
+        self.best: dict[int, float] = {}
+        self.steps_since_probe = 0
+        self.probing: int | None = None  # the thread count being probed
+        self.probe_times: list[float] = []
+
+    def after_step(self, seconds: float) -> None:
+        if len(self.choices) < 2:
+            return
+        if self.probing is not None:
+            self.probe_times.append(seconds)
+            if len(self.probe_times) >= self.probe:
+                self._decide()
+            return
+        self.recent.append(seconds)
+        self.steps_since_probe += 1
+        if len(self.recent) < self.recent.maxlen:
+            return
+        median = statistics.median(self.recent)
+        self.best[self.current] = min(self.best.get(self.current, median), median)
+        slowed = median > self.slowdown * self.best[self.current]
+        if self.steps_since_probe >= self.period or slowed:
+            self._start_probe()
+
+    def _start_probe(self) -> None:
+        self.probing = next(c for c in self.choices if c != self.current)
+        self.probe_times = []
+        self.set_threads(self.probing)
+
+    def _decide(self) -> None:
+        probed = statistics.median(self.probe_times[1:] or self.probe_times)  # the first may warm up
+        mine = statistics.median(self.recent)
+        if probed < 0.9 * mine:
+            log.info(
+                "training threads %d -> %d (%.2f s vs %.2f s per step: the machine is %s)",
+                self.current,
+                self.probing,
+                mine,
+                probed,
+                "busy" if self.probing < self.current else "free again",
+            )
+            self.current = self.probing
+            self.best.pop(self.current, None)  # conditions changed: its old best no longer holds
+        self.set_threads(self.current)
+        self.probing = None
+        self.recent.clear()
+        self.steps_since_probe = 0
+
+
+def tuner_for(trainer: Any, device: torch.device, distributed: bool) -> ThreadTuner | None:
+    """The tuner ``trainer.threads: auto`` asks for on this run, or None: only for CPU training in one
+    process (torchrun's processes already split the cores), with more than one core, and not under
+    trainer.deterministic (results may depend on the thread count)."""
+    if trainer.get("threads") != "auto" or device.type != "cpu" or distributed:
+        return None
+    if trainer.get("deterministic", False) or torch.get_num_threads() < 2:
+        return None
+    return ThreadTuner((torch.get_num_threads(), 1), torch.set_num_threads)

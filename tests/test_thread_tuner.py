@@ -1,0 +1,97 @@
+"""ThreadTuner: keeps all cores on a quiet machine, drops to 1 thread when a busy machine makes the
+steps slower, and returns when the machine is free again (simulated step times)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from errors import PetsegError
+from thread_tuner import ThreadTuner, tuner_for
+from validation import validate_train_config
+
+
+class Machine:
+    """Step times of the busy_machine.py measurement: 2 threads 0.6 s alone, 2.1 s busy; 1 thread 1.2 s."""
+
+    def __init__(self) -> None:
+        self.threads = 2
+        self.busy = False
+        self.history: list[int] = []
+
+    def set_threads(self, n: int) -> None:
+        self.threads = n
+
+    def step_time(self) -> float:
+        self.history.append(self.threads)
+        if self.threads == 1:
+            return 1.2
+        return 2.1 if self.busy else 0.6
+
+
+def run(tuner: ThreadTuner, machine: Machine, steps: int) -> None:
+    for _ in range(steps):
+        tuner.after_step(machine.step_time())
+
+
+def test_quiet_machine_keeps_all_cores_and_probes_rarely() -> None:
+    machine = Machine()
+    tuner = ThreadTuner((2, 1), machine.set_threads, period=200, probe=3)
+    run(tuner, machine, 1000)
+    assert tuner.current == 2 and machine.threads == 2
+    assert machine.history.count(1) <= 5 * 3  # a 3-step probe per ~200 steps: ~1.5 % of the steps
+
+
+def test_busy_machine_switches_to_one_thread_within_a_few_steps_and_back_when_free() -> None:
+    machine = Machine()
+    tuner = ThreadTuner((2, 1), machine.set_threads, period=200, probe=3)
+    run(tuner, machine, 50)
+    machine.busy = True
+    run(tuner, machine, 15)
+    assert tuner.current == 1 and machine.threads == 1
+    run(tuner, machine, 300)
+    assert tuner.current == 1  # probes of 2 threads stay slower while busy
+    machine.busy = False
+    run(tuner, machine, 250)
+    assert tuner.current == 2 and machine.threads == 2
+
+
+def test_one_choice_never_changes_anything() -> None:
+    machine = Machine()
+    tuner = ThreadTuner((2, 2), machine.set_threads)
+    machine.busy = True
+    run(tuner, machine, 500)
+    assert set(machine.history) == {2}
+
+
+def test_threads_auto_tunes_cpu_training_in_one_process_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    cpu = torch.device("cpu")
+    auto = OmegaConf.create({"threads": "auto", "deterministic": False})
+    tuner = tuner_for(auto, cpu, distributed=False)
+    assert tuner is not None and tuner.choices == (2, 1)
+    assert tuner_for(auto, cpu, distributed=True) is None  # torchrun's processes already share the cores
+    assert tuner_for(OmegaConf.merge(auto, {"deterministic": True}), cpu, False) is None
+    assert tuner_for(OmegaConf.merge(auto, {"threads": 2}), cpu, False) is None
+    assert tuner_for(OmegaConf.merge(auto, {"threads": None}), cpu, False) is None
+
+
+def _train_cfg(*overrides: str):
+    from hydra import compose, initialize_config_dir
+
+    from cli import CONFIG_DIR
+
+    sample = Path(__file__).resolve().parent / "data" / "oxford-iiit-pet"
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose("train", overrides=[f"data.root={sample}", "data.image_size=32", *overrides])
+
+
+def test_threads_setting_is_checked() -> None:
+    assert _train_cfg().trainer.threads == "auto"  # the default
+    validate_train_config(_train_cfg("trainer.threads=1"))
+    validate_train_config(_train_cfg("trainer.threads=auto"))
+    with pytest.raises(PetsegError, match="trainer.threads"):
+        validate_train_config(_train_cfg("trainer.threads=fast"))
