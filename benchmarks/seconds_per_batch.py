@@ -50,23 +50,20 @@ def command(args: argparse.Namespace, row: str, batches: int, run_dir: Path) -> 
             f"--limit-batches={batches}",
             f"--out={run_dir}",
         ]
-    return [
-        sys.executable,
-        str(ROOT / "src" / "train.py"),
-        "model=resnet34_unet",
-        f"data.root={args.root}",
-        "data.allow_missing=true",
-        f"data.image_size={args.size}",
-        f"data.batch_size={args.batch_size}",
+    from time_to_dice import train_command
+
+    return train_command(
+        args.root,
+        args.size,
+        args.batch_size,
+        run_dir,
         "trainer.epochs=1",
         f"trainer.limit_train_batches={batches}",
         "trainer.limit_val_batches=1",
-        "trainer.checkpoint.export_dir=null",
         "trainer.checkpoint.save_last=false",
         "trainer.checkpoint.save_best=false",
-        f"hydra.run.dir={run_dir}",
         *overrides(row),
-    ]
+    )
 
 
 def wall(cmd: list[str]) -> float:

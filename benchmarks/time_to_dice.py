@@ -63,24 +63,35 @@ def cpu_description() -> str:
 
 
 # ---------------------------------------------------------------------------------- the petseg legs
-def petseg_command(args: argparse.Namespace, leg: str, run_dir: Path) -> list[str]:
-    cmd = [
+def train_command(root: str, size: int, batch_size: int, run_dir: Path, *overrides: str) -> list[str]:
+    """``python src/train.py`` on resnet34_unet at ``size`` px on ``root``, not exporting anything."""
+    return [
         sys.executable,
         str(ROOT / "src" / "train.py"),
         "model=resnet34_unet",
-        f"data.root={args.root}",
+        f"data.root={root}",
         "data.allow_missing=true",
-        f"data.image_size={args.size}",
-        f"data.batch_size={args.batch_size}",
+        f"data.image_size={size}",
+        f"data.batch_size={batch_size}",
+        "trainer.checkpoint.export_dir=null",
+        f"hydra.run.dir={run_dir}",
+        *overrides,
+    ]
+
+
+def petseg_command(args: argparse.Namespace, leg: str, run_dir: Path) -> list[str]:
+    fp32 = ["trainer.amp=off", "trainer.channels_last=false"] if leg == "petseg_fp32" else []
+    return train_command(
+        args.root,
+        args.size,
+        args.batch_size,
+        run_dir,
         f"optim.lr={args.lr}",
         f"trainer.epochs={args.epochs}",
         f"trainer.seed={args.seed}",
-        "trainer.checkpoint.export_dir=null",
-        f"hydra.run.dir={run_dir}",
-    ]
-    if leg == "petseg_fp32":
-        cmd += ["trainer.amp=off", "trainer.channels_last=false"]
-    return cmd + list(args.petseg_overrides)
+        *fp32,
+        *args.petseg_overrides,
+    )
 
 
 def val_dice_timeline(run_dir: Path) -> list[dict[str, float]]:
