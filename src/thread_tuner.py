@@ -42,7 +42,9 @@ class ThreadTuner:
         self.current = self.choices[0]
         self.recent: deque[float] = deque(maxlen=window)
         self.best: dict[int, float] = {}
-        self.steps_since_probe = 0
+        # Probe once as soon as the first window is timed: a run started on an already busy machine
+        # would otherwise take that slow pace as its best and wait a whole period.
+        self.steps_since_probe = period
         self.probing: int | None = None  # the thread count being probed
         self.probe_times: list[float] = []
 
