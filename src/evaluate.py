@@ -78,9 +78,10 @@ def resize_logits(logits: torch.Tensor, height: int, width: int) -> torch.Tensor
 class ReferenceTargets:
     """Ground truth of the protocols that do not use the model's input size, looked up by image name.
 
-    ``load_mask(name)`` gives an image's binary mask at its original size (from its trimap);
-    ``reference(names)`` the 256x256 masks of the reference protocol, each computed once and kept
-    when ``keep`` (training's validation: ~64 KB an image), and ``native(name)`` the full-size mask.
+    ``load_mask(name)`` gives an image's binary mask at its original size (from its trimap).
+    ``batch(names, native)`` returns the 256x256 masks of the reference protocol, each computed once
+    and kept when ``keep`` (training's validation: ~64 KB an image), and, when ``native``, the
+    full-size masks.
     """
 
     def __init__(

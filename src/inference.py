@@ -64,11 +64,10 @@ class Predictor:
     @torch.no_grad()
     def predict(self, image: np.ndarray) -> np.ndarray:
         """Binary mask (H, W) for an RGB uint8 image (H, W, 3) of any size."""
+        from evaluate import predict_logits, resize_logits
         from oxford_pet import to_model_input
 
         resized = self.transform(image=image)["image"]
-        from evaluate import predict_logits, resize_logits
-
         batch = self.runtime.to_input(to_model_input(resized, self.mean, self.std)[None])
         logits = predict_logits(self.model, batch, self.runtime, self.tta)
         full = resize_logits(logits, image.shape[0], image.shape[1])
