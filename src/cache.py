@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from torch.utils.data import DataLoader, Dataset
 
 from errors import PetsegError
@@ -222,7 +223,16 @@ def open_or_build(
     try:
         images = np.lib.format.open_memmap(tmp_images, mode="w+", dtype=np.uint8, shape=(n, s, s, 3))
         masks = np.lib.format.open_memmap(tmp_masks, mode="w+", dtype=np.uint8, shape=(n, s, s))
-        loader = DataLoader(_DecodeSet(load, n), batch_size=None, num_workers=num_workers, collate_fn=_as_is)
+        # A private generator: iterating a DataLoader draws its workers' base seed from torch's global
+        # RNG otherwise, and a run that builds the cache would then continue from another RNG state
+        # than one that reuses it (a resumed run, or the same command run twice).
+        loader = DataLoader(
+            _DecodeSet(load, n),
+            batch_size=None,
+            num_workers=num_workers,
+            collate_fn=_as_is,
+            generator=torch.Generator(),
+        )
         desc = f"caching {split} {s}px"
         for i, image, mask in tqdm(
             loader, total=n, desc=desc, unit="img", disable=not progress, file=sys.stderr

@@ -217,3 +217,18 @@ def test_table_normalisation_is_bit_identical_to_to_model_input(mean: tuple, std
     assert torch.equal(
         oxford_pet._lookup_input(floats, lut, mean, std), oxford_pet.to_model_input(floats, mean, std)
     )
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_building_the_cache_leaves_torchs_random_state_alone(
+    sample_root: Path, tmp_path: Path, workers: int
+) -> None:
+    """A run that builds the cache and one that reuses it (a resume, a second run) must continue from
+    the same torch RNG state, or their seeded runs would diverge."""
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    dataset = OxfordPetDataset(
+        sample_root, "valid", 32, cache=True, cache_dir=tmp_path, cache_workers=workers
+    )
+    assert dataset.cache is not None and dataset.cache.built
+    assert torch.equal(torch.get_rng_state(), before)
