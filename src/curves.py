@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from errors import PetsegError
+from petseg.errors import PetsegError
 
 TAGS = ("train/dice", "val/dice")
 
@@ -63,7 +63,7 @@ def plot_curves(run_dirs: list[Path], labels: list[str], out: Path, title: str =
 
 
 def main(argv: list[str] | None = None) -> int:
-    from cli import run_command
+    from petseg.cli import run_command
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path, help="run directories (holding tb/ event files)")

@@ -31,10 +31,10 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from tqdm import tqdm
 
-from distributed import SINGLE, DistInfo, all_gather_list, all_sum
-from errors import PetsegError
 from oxford_pet import REFERENCE_SIZE, reference_mask
-from runtime import Runtime
+from petseg.distributed import SINGLE, DistInfo, all_gather_list, all_sum
+from petseg.errors import PetsegError
+from petseg.runtime import Runtime
 from utils import DiceMeter, binarize
 
 # Printed and written in this order: the reference protocol first.
@@ -235,15 +235,15 @@ def format_protocols(protocols: dict[str, dict[str, float]], image_size: int | N
 # ------------------------------------------------------------------------------------------ command
 def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
     """Load a checkpoint, rebuild its data pipeline for ``cfg.split`` and score it by every protocol."""
-    from checkpoint import load_checkpoint, model_from_checkpoint
     from oxford_pet import build_dataloader, build_dataset
-    from runtime import runtime_from_config
+    from petseg.checkpoint import load_checkpoint, model_from_checkpoint
+    from petseg.runtime import setup_runtime
 
     tta = check_tta(cfg.tta)
     ckpt = load_checkpoint(cfg.checkpoint)
     train_cfg = OmegaConf.create(ckpt["config"])
     data_cfg = merge_data_overrides(train_cfg.data, cfg.data)
-    runtime = runtime_from_config(OmegaConf.merge(train_cfg.trainer, {"device": cfg.device}))
+    runtime = setup_runtime(OmegaConf.merge(train_cfg.trainer, {"device": cfg.device}))
     model = runtime.prepare(model_from_checkpoint(ckpt))
     dataset = build_dataset(data_cfg, train_cfg.aug, cfg.split)
     loader = build_dataloader(dataset, data_cfg, train=False)
@@ -289,7 +289,7 @@ PER_IMAGE_COLUMNS = ("name", "species", "breed", "fg_fraction", *PROTOCOLS)
 
 def write_per_image_csv(rows: list[dict[str, Any]], path: Path) -> None:
     """One row per image: name, species, breed, foreground fraction (256x256 truth), each protocol's Dice."""
-    from report import breed_of, species_of
+    from petseg.report import breed_of, species_of
 
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=PER_IMAGE_COLUMNS, extrasaction="ignore")
@@ -314,7 +314,7 @@ def write_report(
     tta: bool = False,
 ) -> None:
     """Per-breed and per-species Dice tables (CSV + Markdown) and best/worst prediction galleries."""
-    from report import breed_of, gallery, group_dice, species_of, write_table
+    from petseg.report import breed_of, gallery, group_dice, species_of, write_table
     from utils import denormalize
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -350,7 +350,7 @@ def default_output(checkpoint: str, split: str) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from cli import load_cli_config, run_command
+    from petseg.cli import load_cli_config, run_command
 
     def run() -> int:
         cfg = load_cli_config("evaluate", sys.argv[1:] if argv is None else argv)

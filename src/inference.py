@@ -30,8 +30,8 @@ from PIL import Image
 from torch import nn
 from tqdm import tqdm
 
-from errors import PetsegError
-from runtime import Runtime
+from petseg.errors import PetsegError
+from petseg.runtime import Runtime
 from utils import binarize, overlay
 
 GRID_MAX_IMAGES = 16
@@ -46,13 +46,13 @@ class Predictor:
     def __init__(
         self, ckpt: dict[str, Any], device: str = "auto", threshold: float = 0.5, tta: bool = False
     ) -> None:
-        from checkpoint import model_from_checkpoint
         from oxford_pet import build_transform
-        from runtime import runtime_from_config
+        from petseg.checkpoint import model_from_checkpoint
+        from petseg.runtime import setup_runtime
 
         self.config = OmegaConf.create(ckpt["config"])
         trainer = OmegaConf.merge(self.config.trainer, {"device": device})
-        self.runtime: Runtime = runtime_from_config(trainer)
+        self.runtime: Runtime = setup_runtime(trainer)
         self.model: nn.Module = self.runtime.prepare(model_from_checkpoint(ckpt)).eval()
         self.image_size = int(self.config.data.image_size)
         self.transform = build_transform(self.config.aug, self.image_size, train=False)
@@ -224,8 +224,8 @@ def predict_split(predictor: Predictor, cfg: DictConfig, out_dir: Path) -> dict[
 
 
 def main(argv: list[str] | None = None) -> int:
-    from checkpoint import load_checkpoint
-    from cli import load_cli_config, run_command
+    from petseg.checkpoint import load_checkpoint
+    from petseg.cli import load_cli_config, run_command
 
     def run() -> int:
         cfg = load_cli_config("inference", sys.argv[1:] if argv is None else argv)

@@ -30,8 +30,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 
-from cache import DEFAULT_CACHE_DIR, ArrayCache, open_or_build
-from errors import PetsegError
+from petseg.cache import DEFAULT_CACHE_DIR, ArrayCache, open_or_build
+from petseg.errors import PetsegError
 
 if TYPE_CHECKING:  # albumentations is imported lazily: it costs ~1 s and the CLI summary never needs it
     import albumentations as A
@@ -370,7 +370,7 @@ class OxfordPetDataset(Dataset):
     listed files are absent (a partial copy) instead of failing.
 
     ``cache``: decode and resize every pair once, up front, into uint8 arrays under ``cache_dir``
-    (src/cache.py; built with ``cache_workers`` processes, reused while the files and image_size stay
+    (src/petseg/cache.py; built with ``cache_workers`` processes, reused while the files and image_size stay
     the same). Items then start from the cached S x S pair instead of the file: for valid/test they are
     identical to the uncached ones (the same Resize, and resizing S x S to S x S changes nothing); for
     train the augmentation acts on the S x S image instead of the full-resolution one. A broken file
@@ -714,7 +714,10 @@ def build_dataloader(
     as uint8 and a CompactLoader expands them to the same float batches in this process;
     ``compact=False`` ships the float items themselves (benchmarks/loader.py compares the two).
     """
-    from sampler import EpochSampler, ShardSampler  # src/sampler.py: the trainer relies on set_epoch()
+    from petseg.sampler import (
+        EpochSampler,
+        ShardSampler,
+    )  # src/petseg/sampler.py: the trainer relies on set_epoch()
 
     batch_size = int(_cfg(data_cfg, "batch_size", 8))
     num_workers = int(_cfg(data_cfg, "num_workers", 0))
@@ -757,8 +760,8 @@ def build_dataloader(
 
 
 def download(root: Path) -> None:
-    """Download and extract the official release into ``root`` (see src/download.py)."""
-    from download import download_oxford_pet
+    """Download and extract the official release into ``root`` (see src/petseg/download.py)."""
+    from petseg.download import download_oxford_pet
 
     download_oxford_pet(Path(root))
 

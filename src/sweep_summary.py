@@ -17,7 +17,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from errors import PetsegError
+from petseg.errors import PetsegError
 
 MONITOR = "val/dice"
 
@@ -112,7 +112,7 @@ def write_csv(rows: list[RunSummary], path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from cli import run_command
+    from petseg.cli import run_command
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("sweep_dir", type=Path, help="a multirun dir, e.g. outputs/multirun/<date>/<time>")

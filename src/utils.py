@@ -1,4 +1,4 @@
-"""Small shared pieces: the one Dice implementation, seeding, devices, overlays.
+"""Small shared pieces: the one Dice implementation, seeding and random states, devices, overlays.
 
 Dice is defined once here and used by training, validation, evaluation and inference, so every number
 the project prints means the same thing.
@@ -10,6 +10,7 @@ import logging
 import os
 import random
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -93,6 +94,30 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.benchmark = False
+
+
+def capture_rng() -> dict[str, Any]:
+    """Every global random state (Python, NumPy, torch, CUDA), as types torch.load(weights_only=True)
+    accepts: saved in checkpoints so a resumed run draws the same numbers as one never stopped."""
+    np_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    """Set every global random state back to what ``capture_rng`` saw."""
+    random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state["python"]))
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy(), *rest))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def resolve_device(name: str = "auto") -> torch.device:

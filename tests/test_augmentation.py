@@ -12,8 +12,8 @@ import pytest
 from omegaconf import OmegaConf
 
 import oxford_pet
-from errors import PetsegError
 from oxford_pet import build_train_transforms, build_transform, read_trimap, seed_transform, trimap_to_mask
+from petseg.errors import PetsegError
 
 AUG = Path(__file__).resolve().parents[1] / "configs" / "aug"
 SIZE = 128

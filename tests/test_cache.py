@@ -1,4 +1,4 @@
-"""The decoded, pre-resized dataset cache (src/cache.py, data.cache): built once, invalidated when its
+"""The decoded, pre-resized dataset cache (src/petseg/cache.py, data.cache): built once, invalidated when its
 inputs change, and giving the same items as decoding the files (exactly so for valid/test)."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 import oxford_pet
-from errors import PetsegError
 from oxford_pet import OxfordPetDataset, build_dataloader, build_dataset
+from petseg.errors import PetsegError
 
 ROOT = Path(__file__).resolve().parents[1]
 AUG = ROOT / "configs" / "aug" / "default.yaml"

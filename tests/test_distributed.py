@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from checkpoint import load_checkpoint, model_from_checkpoint
 from curves import read_scalars
 from evaluate import evaluate, interleave_shards
 from oxford_pet import build_dataloader, build_dataset
-from runtime import runtime_from_config
-from sampler import EpochSampler, ShardSampler
+from petseg.checkpoint import load_checkpoint, model_from_checkpoint
+from petseg.runtime import setup_runtime
+from petseg.sampler import EpochSampler, ShardSampler
 from test_e2e import ROOT, run, tiny_overrides
 
 pytestmark = pytest.mark.slow
@@ -86,10 +86,10 @@ def test_distributed_validation_equals_one_process(ddp_run) -> None:
     run_dir, _ = ddp_run
     ckpt = load_checkpoint(run_dir / "last.pth")
     cfg = OmegaConf.create(ckpt["config"])
-    runtime = runtime_from_config(OmegaConf.merge(cfg.trainer, {"device": "cpu"}))
+    runtime = setup_runtime(OmegaConf.merge(cfg.trainer, {"device": "cpu"}))
     model = runtime.prepare(model_from_checkpoint(ckpt))
     loader = build_dataloader(build_dataset(cfg.data, cfg.aug, "valid"), cfg.data, train=False)
-    from losses import build_loss
+    from petseg.losses import build_loss
 
     single = evaluate(
         model, loader, runtime, loss_fn=build_loss(cfg.loss), threshold=cfg.trainer.threshold, progress=False

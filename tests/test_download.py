@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-import download
-from download import download_oxford_pet, is_complete, md5sum
-from errors import PetsegError
+from petseg import download
+from petseg.download import download_oxford_pet, is_complete, md5sum
+from petseg.errors import PetsegError
 
 # --- archives -------------------------------------------------------------------------------------------
 

@@ -18,8 +18,8 @@ import pytest
 import torch
 from PIL import Image
 
-from checkpoint import load_checkpoint, model_from_checkpoint
 from curves import read_scalars
+from petseg.checkpoint import load_checkpoint, model_from_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "tests" / "data" / "oxford-iiit-pet"
@@ -157,7 +157,7 @@ def test_evaluate_with_flip_tta_says_so(trained: Path, tmp_path: Path):
 def test_evaluate_report_writes_group_tables_and_galleries(trained: Path, tmp_path: Path):
     import csv
 
-    from report import breed_of, species_of
+    from petseg.report import breed_of, species_of
 
     report_dir = tmp_path / "report"
     run(

@@ -17,9 +17,9 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 import inference
-from checkpoint import save_checkpoint
-from cli import CONFIG_DIR
 from models import build_model
+from petseg.checkpoint import save_checkpoint
+from petseg.cli import CONFIG_DIR
 from utils import overlay
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -17,9 +17,9 @@ from omegaconf import OmegaConf
 from torch import nn
 
 import models
-from errors import PetsegError
 from models import available_models, build_model, check_input_size, register_model
 from models.registry import _REGISTRY
+from petseg.errors import PetsegError
 
 ROOT = Path(__file__).resolve().parents[1]
 FORBIDDEN = ("torchvision", "timm", "segmentation_models_pytorch")

@@ -14,7 +14,6 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 import oxford_pet
-from errors import PetsegError
 from oxford_pet import (
     OxfordPetDataset,
     build_dataloader,
@@ -24,6 +23,7 @@ from oxford_pet import (
     split_names,
     trimap_to_mask,
 )
+from petseg.errors import PetsegError
 
 REPO = Path(__file__).resolve().parents[1]
 CLI = REPO / "src" / "oxford_pet.py"

@@ -15,17 +15,17 @@ from PIL import Image
 from torch import nn
 
 import oxford_pet
-from errors import PetsegError
 from evaluate import ReferenceTargets, check_tta, evaluate, predict_logits
 from oxford_pet import build_dataloader, build_dataset, reference_mask
-from runtime import runtime_from_config
+from petseg.errors import PetsegError
+from petseg.runtime import setup_runtime
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 @pytest.fixture(scope="module")
 def cpu() -> object:
-    return runtime_from_config(OmegaConf.create({"device": "cpu", "amp": "off", "channels_last": False}))
+    return setup_runtime(OmegaConf.create({"device": "cpu", "amp": "off", "channels_last": False}))
 
 
 class FixedLogits(nn.Module):
@@ -238,7 +238,7 @@ def test_user_resize_in_the_augmentation_is_made_centre_aligned() -> None:
 def test_bf16_evaluation_keeps_every_dice_within_0_001_of_fp32(model: str, sample_root: Path) -> None:
     """Evaluation and inference use the training rule (bf16 + channels_last on CPUs with bf16 units):
     allowed because the shipped checkpoints score the same within 0.001 either way."""
-    from checkpoint import load_checkpoint, model_from_checkpoint
+    from petseg.checkpoint import load_checkpoint, model_from_checkpoint
 
     ckpt = load_checkpoint(Path(__file__).resolve().parents[1] / "saved_models" / f"{model}.pth")
     cfg = OmegaConf.create(ckpt["config"])
@@ -246,7 +246,7 @@ def test_bf16_evaluation_keeps_every_dice_within_0_001_of_fp32(model: str, sampl
     dataset = build_dataset(data, cfg.aug, "test")
     scores = {}
     for amp, layout in (("off", False), ("bf16", True)):
-        rt = runtime_from_config(
+        rt = setup_runtime(
             OmegaConf.merge(cfg.trainer, {"device": "cpu", "amp": amp, "channels_last": layout})
         )
         net = rt.prepare(model_from_checkpoint(ckpt))

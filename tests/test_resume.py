@@ -25,12 +25,12 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-import checkpoint as checkpoint_module
-from checkpoint import load_checkpoint, save_checkpoint
-from cli import CONFIG_DIR
-from errors import PetsegError
-from train import continue_in_resumed_run
-from trainer import config_for_resume, fit
+from petseg import checkpoint as checkpoint_module
+from petseg.checkpoint import load_checkpoint, save_checkpoint
+from petseg.cli import CONFIG_DIR
+from petseg.errors import PetsegError
+from petseg.resume import config_for_resume, continue_in_resumed_run
+from petseg.trainer import fit
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "tests" / "data" / "oxford-iiit-pet"
@@ -255,7 +255,7 @@ def test_resume_uses_the_checkpoint_config_and_rejects_conflicting_overrides(one
         "model=resnet34_unet": "model.name='resnet34_unet' (checkpoint: 'unet')",
         "model=unet": "model.base_width=64 (checkpoint: 4)",  # the group as composed now
         "data.image_size=64": "data.image_size=64 (checkpoint: 32)",
-        "experiment=cpu_unet": "model.base_width=32 (checkpoint: 4)",
+        "experiment=cpu_unet": "model.base_width=64 (checkpoint: 4)",
     }
     for override, shown in conflicts.items():
         with pytest.raises(PetsegError) as err:

@@ -1,4 +1,4 @@
-"""runtime_from_config: what the trainer's 'auto' settings become on this (CPU) machine, and the
+"""setup_runtime: what the trainer's 'auto' settings become on this (CPU) machine, and the
 errors for values that would otherwise be misread."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import pytest
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-import runtime
-from errors import PetsegError
-from runtime import Runtime, runtime_from_config
+from petseg import runtime
+from petseg.errors import PetsegError
+from petseg.runtime import Runtime, setup_runtime
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,7 +25,7 @@ def trainer_cfg(**overrides: object) -> DictConfig:
 
 
 def test_defaults_resolve_to_the_measured_cpu_choices() -> None:
-    rt = runtime_from_config(trainer_cfg())
+    rt = setup_runtime(trainer_cfg())
     assert rt.device == torch.device("cpu")
     fast_bf16 = runtime.cpu_bf16_units() is not None
     # bf16 autocast + channels_last where the CPU has AMX or AVX512-BF16, fp32 elsewhere (emulated bf16)
@@ -41,19 +41,17 @@ def test_defaults_resolve_to_the_measured_cpu_choices() -> None:
 )
 def test_auto_on_cpu_follows_the_bf16_units(monkeypatch: pytest.MonkeyPatch, units, amp, layout) -> None:
     monkeypatch.setattr(runtime, "cpu_bf16_units", lambda: units)
-    rt = runtime_from_config(trainer_cfg())
+    rt = setup_runtime(trainer_cfg())
     assert (rt.amp_dtype, rt.channels_last) == (amp, layout)
     assert (units or "without AMX") in rt.why and rt.describe()["amp"] == ("bf16" if amp else "fp32")
     # An explicit value always wins, and the reason says so.
-    rt = runtime_from_config(trainer_cfg(amp="off", channels_last=not layout))
+    rt = setup_runtime(trainer_cfg(amp="off", channels_last=not layout))
     assert (rt.amp_dtype, rt.channels_last) == (None, not layout)
     assert rt.why == f"amp=off as set; channels_last={not layout} as set"
 
 
 def test_explicit_settings_are_kept() -> None:
-    rt = runtime_from_config(
-        trainer_cfg(amp="bf16", channels_last=True, compile=True, retain_host_memory=False)
-    )
+    rt = setup_runtime(trainer_cfg(amp="bf16", channels_last=True, compile=True, retain_host_memory=False))
     assert (rt.device, rt.amp_dtype, rt.channels_last, rt.compile, rt.retain_memory) == (
         torch.device("cpu"),
         torch.bfloat16,
@@ -61,7 +59,7 @@ def test_explicit_settings_are_kept() -> None:
         True,
         False,
     )
-    assert runtime_from_config(trainer_cfg(amp="off", channels_last=False)).channels_last is False
+    assert setup_runtime(trainer_cfg(amp="off", channels_last=False)).channels_last is False
 
 
 @pytest.mark.parametrize(
@@ -76,14 +74,14 @@ def test_explicit_settings_are_kept() -> None:
 )
 def test_misspelt_values_are_user_errors(key: str, value: str, message: str) -> None:
     with pytest.raises(PetsegError, match=message):
-        runtime_from_config(trainer_cfg(**{key: value}))
+        setup_runtime(trainer_cfg(**{key: value}))
 
 
 def test_missing_keys_mean_the_defaults() -> None:
     # Trainer configs saved in older checkpoints may lack the newer keys.
-    rt = runtime_from_config(OmegaConf.create({"device": "cpu"}))
+    rt = setup_runtime(OmegaConf.create({"device": "cpu"}))
     assert (rt.amp_dtype, rt.channels_last) == (
-        runtime_from_config(trainer_cfg()).amp_dtype,
+        setup_runtime(trainer_cfg()).amp_dtype,
         rt.channels_last,
     )
     assert rt.channels_last is (runtime.cpu_bf16_units() is not None) and not rt.compile
@@ -93,7 +91,7 @@ def test_cuda_request_without_cuda_is_a_user_error() -> None:
     if torch.cuda.is_available():
         pytest.skip("CUDA is available here")
     with pytest.raises(PetsegError, match="CUDA is not available"):
-        runtime_from_config(trainer_cfg(device="cuda"))
+        setup_runtime(trainer_cfg(device="cuda"))
 
 
 def test_channels_last_runtime_converts_model_and_input() -> None:
@@ -122,7 +120,7 @@ _FAULTS_SCRIPT = """
 import resource, sys
 import torch
 sys.path.insert(0, {src!r})
-from runtime import retain_freed_memory
+from petseg.runtime import retain_freed_memory
 if sys.argv[1] == "retain":
     assert retain_freed_memory()
 for _ in range(10):  # warm-up: the heap grows and settles (a training run's first steps)
@@ -151,21 +149,21 @@ def test_retained_memory_stops_refaulting_freed_blocks() -> None:
 
 
 def test_retain_host_memory_defaults_to_cpu_only() -> None:
-    assert runtime_from_config(trainer_cfg()).retain_memory is sys.platform.startswith("linux")
-    assert runtime_from_config(trainer_cfg(retain_host_memory=False)).retain_memory is False
+    assert setup_runtime(trainer_cfg()).retain_memory is sys.platform.startswith("linux")
+    assert setup_runtime(trainer_cfg(retain_host_memory=False)).retain_memory is False
     with pytest.raises(PetsegError, match="retain_host_memory"):
-        runtime_from_config(trainer_cfg(retain_host_memory="yes"))
+        setup_runtime(trainer_cfg(retain_host_memory="yes"))
 
 
 def test_cudnn_benchmark_cannot_be_forced_beside_determinism() -> None:
     with pytest.raises(PetsegError, match="contradicts trainer.deterministic"):
-        runtime_from_config(trainer_cfg(cudnn_benchmark=True, deterministic=True))
-    runtime_from_config(trainer_cfg(cudnn_benchmark="auto", deterministic=True))  # auto: just off
+        setup_runtime(trainer_cfg(cudnn_benchmark=True, deterministic=True))
+    setup_runtime(trainer_cfg(cudnn_benchmark="auto", deterministic=True))  # auto: just off
 
 
 @pytest.mark.parametrize(("value", "fused"), [("auto", True), (True, True), (False, False)])
 def test_fused_adamw_follows_optim_fused_on_cpu(value: object, fused: bool) -> None:
-    from optim import build_optimizer
+    from petseg.optim import build_optimizer
 
     cfg = OmegaConf.load(ROOT / "configs" / "optim" / "adamw.yaml")
     cfg.fused = value
@@ -174,7 +172,7 @@ def test_fused_adamw_follows_optim_fused_on_cpu(value: object, fused: bool) -> N
 
 
 def test_fused_adamw_typo_is_a_user_error() -> None:
-    from optim import build_optimizer
+    from petseg.optim import build_optimizer
 
     cfg = OmegaConf.merge(OmegaConf.load(ROOT / "configs" / "optim" / "adamw.yaml"), {"fused": "yes"})
     with pytest.raises(PetsegError, match="optim.fused='yes'"):

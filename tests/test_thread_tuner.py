@@ -9,9 +9,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from errors import PetsegError
-from thread_tuner import ThreadTuner, tuner_for
-from validation import validate_train_config
+from petseg.checks import check_train_config
+from petseg.errors import PetsegError
+from petseg.thread_tuner import ThreadTuner, tuner_for
 
 
 class Machine:
@@ -82,7 +82,7 @@ def test_threads_auto_tunes_cpu_training_in_one_process_only(monkeypatch: pytest
 def _train_cfg(*overrides: str):
     from hydra import compose, initialize_config_dir
 
-    from cli import CONFIG_DIR
+    from petseg.cli import CONFIG_DIR
 
     sample = Path(__file__).resolve().parent / "data" / "oxford-iiit-pet"
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
@@ -91,10 +91,10 @@ def _train_cfg(*overrides: str):
 
 def test_threads_setting_is_checked() -> None:
     assert _train_cfg().trainer.threads == "auto"  # the default
-    validate_train_config(_train_cfg("trainer.threads=1"))
-    validate_train_config(_train_cfg("trainer.threads=auto"))
+    check_train_config(_train_cfg("trainer.threads=1"))
+    check_train_config(_train_cfg("trainer.threads=auto"))
     with pytest.raises(PetsegError, match="trainer.threads"):
-        validate_train_config(_train_cfg("trainer.threads=fast"))
+        check_train_config(_train_cfg("trainer.threads=fast"))
 
 
 def test_a_run_started_on_a_busy_machine_switches_after_its_first_window() -> None:

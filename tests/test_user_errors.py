@@ -20,10 +20,10 @@ from omegaconf import OmegaConf
 import evaluate
 import inference
 import train
-import validation
-from checkpoint import load_checkpoint, save_checkpoint
-from cli import CONFIG_DIR
 from models import build_model
+from petseg import checks
+from petseg.checkpoint import load_checkpoint, save_checkpoint
+from petseg.cli import CONFIG_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "tests" / "data" / "oxford-iiit-pet"
@@ -214,7 +214,7 @@ def test_internal_errors_are_not_turned_into_user_errors(
     def broken(_cfg: object) -> None:
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(validation, "validate_train_config", broken)
+    monkeypatch.setattr(checks, "check_train_config", broken)
     with pytest.raises(RuntimeError, match="a bug"):  # its traceback and exit code 1 stay
         run_train(tiny(), tmp_path / "run", capsys)
 
@@ -225,7 +225,7 @@ def test_ctrl_c_before_training_exits_130_without_traceback(
     def interrupted(_cfg: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(validation, "validate_train_config", interrupted)
+    monkeypatch.setattr(checks, "check_train_config", interrupted)
     code, err = run_train(tiny(), tmp_path / "run", capsys)
     assert code == 130
     assert_one_error_line(err, "interrupted")
@@ -300,7 +300,7 @@ def test_a_good_checkpoint_still_loads(bad_checkpoints: dict[str, tuple[Path, st
     ckpt = load_checkpoint(wider_path)
     ckpt["config"]["model"]["base_width"] = 8  # now config and weights agree
     save_checkpoint(tmp_path / "ok.pth", ckpt)
-    from checkpoint import model_from_checkpoint
+    from petseg.checkpoint import model_from_checkpoint
 
     model = model_from_checkpoint(load_checkpoint(tmp_path / "ok.pth"))
     assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 1, 32, 32)

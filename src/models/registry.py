@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 from torch import nn
 
-from errors import PetsegError
+from petseg.errors import PetsegError
 
 from .base import size_error_message
 

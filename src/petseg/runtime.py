@@ -12,8 +12,8 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from distributed import SINGLE, DistInfo, device_for
-from errors import PetsegError
+from petseg.distributed import SINGLE, DistInfo, device_for
+from petseg.errors import PetsegError
 from utils import resolve_device
 
 AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -127,9 +127,10 @@ class Runtime:
         return torch.compile(model) if self.compile else model
 
 
-def runtime_from_config(trainer: DictConfig, dist: DistInfo = SINGLE) -> Runtime:
+def setup_runtime(trainer: DictConfig, dist: DistInfo = SINGLE) -> Runtime:
     """Resolve the 'auto' settings of the trainer group into concrete choices for this machine (and,
-    under DDP, this rank: its own GPU)."""
+    under DDP, this rank: its own GPU), and apply the process-wide ones: torch's thread count, malloc's
+    retention of freed memory, cuDNN's autotuner."""
     device = device_for(dist, resolve_device(str(trainer.device)))
     if trainer.get("threads") not in (None, "auto"):  # auto: all cores, tuned by thread_tuner in training
         torch.set_num_threads(int(trainer.threads))

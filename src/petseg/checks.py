@@ -12,10 +12,10 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from cli import CONFIG_DIR, config_options, unknown_option_message
-from errors import PetsegError
 from models import available_models, check_input_size
-from optim import OPTIMIZERS, SCHEDULES
+from petseg.cli import CONFIG_DIR, config_options, unknown_option_message
+from petseg.errors import PetsegError
+from petseg.optim import OPTIMIZERS, SCHEDULES
 
 
 def _positive(value: object, key: str, kind: type = float) -> None:
@@ -37,7 +37,7 @@ def _non_negative_int(value: object, key: str) -> None:
         raise PetsegError(f"{key} must be an integer >= 0, got {value!r}")
 
 
-def validate_choices(choices: Mapping[str, str | None]) -> None:
+def check_choices(choices: Mapping[str, str | None]) -> None:
     """Every chosen option of our config groups exists.
 
     Hydra rejects a missing option of a required group itself, but an optional one
@@ -59,7 +59,7 @@ def _declared_names(group: str) -> list[str]:
 
 
 def _validate_trainer(t: DictConfig) -> None:
-    from runtime import AMP_DTYPES
+    from petseg.runtime import AMP_DTYPES
 
     _positive(t.epochs, "trainer.epochs", int)
     if isinstance(t.seed, bool) or not isinstance(t.seed, int):
@@ -87,7 +87,7 @@ def _validate_trainer(t: DictConfig) -> None:
             ) from None
 
 
-def validate_train_config(cfg: DictConfig) -> None:
+def check_train_config(cfg: DictConfig) -> None:
     """Raise PetsegError with one clear line for the first user mistake found in a training config.
 
     Covers names (model, optimizer, schedule, loss), numbers (lr, batch size, epochs, image size the
@@ -95,8 +95,8 @@ def validate_train_config(cfg: DictConfig) -> None:
     (exists, has its lists, no test name in train/valid). Group options (``model=foo``) are Hydra's to
     reject; train.py turns that into the same kind of one-line error.
     """
-    from losses import build_loss
     from oxford_pet import build_transform, check_no_test_leak, check_root
+    from petseg.losses import build_loss
 
     if cfg.model.name not in available_models():
         raise PetsegError(f"unknown model '{cfg.model.name}'; valid: {', '.join(available_models())}")

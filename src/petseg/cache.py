@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from errors import PetsegError
+from petseg.errors import PetsegError
 
 logger = logging.getLogger("petseg.cache")
 

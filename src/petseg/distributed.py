@@ -87,13 +87,10 @@ def device_for(info: DistInfo, device: torch.device) -> torch.device:
     return device
 
 
-def wrap_model(model: nn.Module, info: DistInfo, sync_batchnorm: bool = False) -> nn.Module:
+def wrap_model(model: nn.Module, info: DistInfo) -> nn.Module:
     """DDP wrapper for training (the bare model stays the one to save and evaluate)."""
     if not info.enabled:
         return model
-    if sync_batchnorm:
-        # BatchNorm statistics over the global batch: helps when the per-GPU batch is small.
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     device = next(model.parameters()).device
     return nn.parallel.DistributedDataParallel(
         model, device_ids=[device.index] if device.type == "cuda" else None

@@ -38,7 +38,7 @@ from pathlib import Path, PureWindowsPath
 
 from tqdm import tqdm
 
-from errors import PetsegError
+from petseg.errors import PetsegError
 
 OFFICIAL_BASE_URL = "https://www.robots.ox.ac.uk/~vgg/data/pets/data/"
 # Published MD5s (the ones torchvision's OxfordIIITPet checks).

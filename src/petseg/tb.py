@@ -1,4 +1,5 @@
-"""TensorBoard's HParams tab: every run's hyperparameters beside its final metrics.
+"""What a run writes to TensorBoard: per-epoch scalars and overlays, and the HParams tab (every run's
+hyperparameters beside its final metrics).
 
 ``tensorboard --logdir outputs/multirun/<sweep>`` then lists the jobs of a sweep as rows of one table
 (and parallel-coordinates plot) with their settings and best validation Dice. Written into the run's own
@@ -78,3 +79,30 @@ def write_hparams_end(writer: SummaryWriter, metrics: dict[str, float], step: in
     _, _, session_end = hparams({}, {})
     writer.file_writer.add_summary(session_end)
     writer.flush()
+
+
+def write_epoch(writer: SummaryWriter, record: dict[str, float], overlays: Any = None) -> None:
+    """One epoch's scalars (every key of ``record`` but 'epoch', at step = the 1-based epoch) and, if
+    given, its validation overlay picture (HWC uint8)."""
+    step = int(record["epoch"])
+    for key, value in record.items():
+        if key != "epoch":
+            writer.add_scalar(key, value, step)
+    if overlays is not None:
+        writer.add_image("val/overlays", overlays, step, dataformats="HWC")
+    writer.flush()
+
+
+def write_run_end(
+    writer: SummaryWriter, history: list[dict[str, float]], best: tuple[float, int], seconds: float
+) -> None:
+    """The HParams metrics of a finished run (``best``: best val Dice and its epoch) and the session end."""
+    last = history[-1] if history else {}
+    metrics = {
+        "hparams/best_val_dice": best[0],
+        "hparams/best_epoch": float(best[1]),
+        "hparams/final_val_dice": last.get("val/dice", float("nan")),
+        "hparams/final_train_dice": last.get("train/dice", float("nan")),
+        "hparams/minutes": seconds / 60,  # of this invocation (a resumed run: since the resume)
+    }
+    write_hparams_end(writer, metrics, int(last.get("epoch", 0)))

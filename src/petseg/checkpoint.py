@@ -7,6 +7,7 @@ so evaluation and inference rebuild the same model and preprocessing from the fi
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import shutil
@@ -15,10 +16,14 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import torch
+from omegaconf import DictConfig
 from torch import nn
 
-from errors import PetsegError
 from models import build_model
+from petseg.cli import is_multirun
+from petseg.errors import PetsegError
+
+log = logging.getLogger("petseg.train")
 
 FORMAT = "petseg-checkpoint"
 VERSION = 1
@@ -166,3 +171,22 @@ def export_weights(ckpt: dict[str, Any], path: str | Path, half: bool = False) -
         weights = {k: v.half() if v.is_floating_point() else v for k, v in weights.items()}
     keep = ("config", "epoch", "metrics", "best", "history", "model_name", "runtime", "train_images")
     return save_checkpoint(path, {"model": weights, **{k: ckpt[k] for k in keep if k in ckpt}})
+
+
+def export_best(run_dir: Path, cfg: DictConfig, best_metric: float, best_epoch: int) -> Path | None:
+    """Copy the weights of ``run_dir/best.pth`` to ``<trainer.checkpoint.export_dir>/<model name>.pth``
+    (fp16 if half_precision_export); None when export is off, in a multirun unless
+    export_in_multirun, or when there is no best.pth."""
+    ckpt_cfg = cfg.trainer.checkpoint
+    if not ckpt_cfg.export_dir or not (run_dir / "best.pth").is_file():
+        return None
+    if is_multirun() and not ckpt_cfg.export_in_multirun:
+        log.info(
+            "multirun: not exporting to %s (set trainer.checkpoint.export_in_multirun=true)",
+            ckpt_cfg.export_dir,
+        )
+        return None
+    target = Path(ckpt_cfg.export_dir) / f"{cfg.model.name}.pth"
+    export_weights(load_checkpoint(run_dir / "best.pth"), target, half=bool(ckpt_cfg.half_precision_export))
+    log.info("best weights (val Dice %.4f, epoch %d) exported to %s", best_metric, best_epoch, target)
+    return target

@@ -7,7 +7,7 @@ import math
 import torch
 from omegaconf import DictConfig
 
-from errors import PetsegError
+from petseg.errors import PetsegError
 
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "none")

@@ -1,0 +1,105 @@
+"""The one place a training config becomes objects: ``build(cfg) -> Built``.
+
+Model (models/ registry), datasets and loaders (oxford_pet.py), optimiser and schedule (optim.py),
+loss (losses.py), runtime (device, precision, layout, threads: runtime.py), and the wrappers that train
+the model (DDP, torch.compile). The Trainer receives these built objects and knows nothing of YAML.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+from omegaconf import DictConfig
+from torch import nn
+from torch.utils.data import DataLoader
+
+from models import build_model
+from oxford_pet import OxfordPetDataset, build_dataloader, build_dataset
+from petseg.distributed import SINGLE, DistInfo, wrap_model
+from petseg.errors import PetsegError
+from petseg.losses import build_loss
+from petseg.optim import build_optimizer, build_scheduler
+from petseg.runtime import Runtime, setup_runtime
+from petseg.signals import shield_workers
+from petseg.thread_tuner import ThreadTuner, tuner_for
+from utils import seed_everything
+
+log = logging.getLogger("petseg.train")
+
+
+@dataclass
+class Built:
+    """Everything a training run needs, built from its config."""
+
+    runtime: Runtime
+    model: nn.Module  # what checkpoints save and evaluation runs
+    train_model: nn.Module  # the same parameters, wrapped for training (DDP, torch.compile) or itself
+    train_set: OxfordPetDataset
+    val_set: OxfordPetDataset
+    train_loader: DataLoader
+    val_loader: DataLoader
+    steps_per_epoch: int
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    loss_fn: nn.Module
+    scaler: torch.amp.GradScaler
+    thread_tuner: ThreadTuner | None
+
+
+def _sync_batchnorm(model: nn.Module, wanted: bool, dist: DistInfo, device: torch.device) -> nn.Module:
+    if not wanted:
+        return model
+    if not dist.enabled:
+        log.info("trainer.sync_batchnorm is only used with several processes (torchrun)")
+        return model
+    if device.type != "cuda":
+        raise PetsegError("trainer.sync_batchnorm needs CUDA devices (SyncBatchNorm has no CPU kernel)")
+    # Statistics over the global batch; same parameters and buffers, so checkpoints load anywhere.
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+
+def build(cfg: DictConfig, dist: DistInfo = SINGLE) -> Built:
+    """Seed, set up the runtime, and build every object of a training run from ``cfg``."""
+    t = cfg.trainer
+    seed_everything(int(t.seed), bool(t.deterministic))  # before the model: its init draws from torch
+    runtime = setup_runtime(t, dist)
+    model = runtime.prepare(build_model(**cfg.model))
+    model = _sync_batchnorm(model, bool(t.sync_batchnorm), dist, runtime.device)
+    train_set = build_dataset(cfg.data, cfg.aug, "train")
+    val_set = build_dataset(cfg.data, cfg.aug, "valid")
+    shard = {"rank": dist.rank, "world_size": dist.world_size}
+    train_loader = build_dataloader(train_set, cfg.data, train=True, seed=int(t.seed), **shard)
+    val_loader = build_dataloader(val_set, cfg.data, train=False, **shard)
+    shield_workers(train_loader)
+    shield_workers(val_loader)
+    steps_per_epoch = len(train_loader)
+    if t.limit_train_batches is not None:
+        steps_per_epoch = min(steps_per_epoch, int(t.limit_train_batches))
+    if steps_per_epoch == 0:
+        per = f" per process ({dist.world_size} processes)" if dist.enabled else ""
+        raise PetsegError(
+            f"the train split has {len(train_set)} images, fewer than one batch of "
+            f"{cfg.data.batch_size}{per}: lower data.batch_size"
+        )
+    optimizer = build_optimizer(cfg.optim, model, runtime.device)
+    # DDP (several processes) and the compiled wrapper share parameters with `model`, which is what
+    # checkpoints save and evaluation runs (DDP's forward would sync buffers, and the eval shards
+    # differ in length, so eval must not go through it).
+    train_model = runtime.compile_model(wrap_model(model, dist))
+    return Built(
+        runtime=runtime,
+        model=model,
+        train_model=train_model,
+        train_set=train_set,
+        val_set=val_set,
+        train_loader=train_loader,
+        val_loader=val_loader,
+        steps_per_epoch=steps_per_epoch,
+        optimizer=optimizer,
+        scheduler=build_scheduler(cfg.sched, optimizer, steps_per_epoch, int(t.epochs)),
+        loss_fn=build_loss(cfg.loss),
+        scaler=torch.amp.GradScaler(runtime.device.type, enabled=runtime.amp_dtype == torch.float16),
+        thread_tuner=tuner_for(t, runtime.device, dist.enabled),
+    )

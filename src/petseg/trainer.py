@@ -1,0 +1,421 @@
+"""The one training loop: built objects in (``petseg.build``), best validation Dice out.
+
+``Trainer.train_step`` is one optimisation step and nothing else. ``train_epoch`` runs the steps with a
+progress bar, agreeing across processes on the metrics and a stop request in one collective per step;
+``validate`` scores the valid split with ``evaluate()`` by the reference protocol; ``fit`` runs the
+epochs, logs to TensorBoard and saves ``last.pth`` (everything needed to resume: ``state_dict``) and
+``best.pth`` (by ``cfg.monitor``); at the end the best weights are exported to
+``<export_dir>/<model name>.pth``. Test images are never touched here.
+
+Around the step, not inside it: checkpoints are written atomically, also every
+``trainer.checkpoint.every_n_steps`` steps; SIGINT/SIGTERM finish the step in flight, save last.pth,
+print the resume command and exit with 128 + the signal number (``petseg.signals``); a non-finite loss or
+weight stops the run with a ``PetsegError`` naming epoch and step, before anything non-finite reaches
+last.pth. Continuing a run: ``petseg.resume``.
+
+Several processes (``torchrun``): the model is wrapped in DistributedDataParallel; each rank trains on
+its shard of every epoch and validates on its shard, with metrics summed over ranks, so the logged
+numbers equal a single-process evaluation of the same weights. Only rank 0 writes logs, TensorBoard
+events and checkpoints.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+from evaluate import ReferenceTargets, evaluate
+from petseg.build import Built, build
+from petseg.checkpoint import (
+    copy_checkpoint,
+    export_best,
+    load_checkpoint,
+    remove_partial_writes,
+    save_checkpoint,
+)
+from petseg.distributed import (
+    SINGLE,
+    DistInfo,
+    all_sum,
+    broadcast_buffers,
+    broadcast_object,
+    init_distributed,
+    shutdown,
+)
+from petseg.errors import PetsegError, TrainingDiverged
+from petseg.resume import check_resumable, resolve_resume, resume_command
+from petseg.signals import StopSignals, TrainingInterrupted
+from petseg.tb import write_epoch, write_hparams_start, write_run_end
+from utils import binarize, capture_rng, denormalize, dice_per_image, overlay, restore_rng
+
+log = logging.getLogger("petseg.train")
+
+
+@dataclass
+class Progress:
+    """Where a run stands; saved in every checkpoint so a resumed run continues exactly."""
+
+    epoch: int = 0  # epochs completed
+    step: int = 0  # batches of the current epoch already trained
+    global_step: int = 0
+    best_metric: float = -math.inf
+    best_epoch: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+    # running sums of the current, unfinished epoch (so a mid-epoch resume reports the same means)
+    loss_sum: float = 0.0
+    dice_sum: float = 0.0
+    seen: int = 0
+
+    def add_step(self, loss_sum: float, dice_sum: float, images: int) -> None:
+        self.loss_sum, self.dice_sum, self.seen = (
+            self.loss_sum + loss_sum,
+            self.dice_sum + dice_sum,
+            self.seen + images,
+        )
+        self.step, self.global_step = self.step + 1, self.global_step + 1
+
+    def means(self) -> dict[str, float]:
+        """Mean loss and Dice of the current epoch's steps so far."""
+        return {"loss": self.loss_sum / max(self.seen, 1), "dice": self.dice_sum / max(self.seen, 1)}
+
+    def end_epoch(self, record: dict[str, float], monitor: str) -> bool:
+        """Close the epoch ``record['epoch']`` with its metrics; whether ``monitor`` improved."""
+        self.epoch, self.step, self.loss_sum, self.dice_sum, self.seen = int(record["epoch"]), 0, 0.0, 0.0, 0
+        self.history.append(record)
+        improved = record[monitor] > self.best_metric
+        if improved:
+            self.best_metric, self.best_epoch = record[monitor], self.epoch
+        return improved
+
+
+def epoch_line(record: dict[str, float], epochs: int) -> str:
+    """The log line of one finished epoch."""
+    return (
+        f"epoch {record['epoch']}/{epochs}  train loss {record['train/loss']:.4f} "
+        f"dice {record['train/dice']:.4f}"
+        f" | val loss {record['val/loss']:.4f} dice_256 {record['val/dice']:.4f} (pooled "
+        f"{record['val/dice_pooled']:.4f}, at input size {record['val/dice_input']:.4f})"
+    )
+
+
+def overlay_grid(samples: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> np.ndarray:
+    """Rows of [image | ground truth tinted | prediction tinted] as one HWC uint8 picture."""
+    rows = [np.concatenate([img, overlay(img, gt), overlay(img, pred)], axis=1) for img, gt, pred in samples]
+    return np.concatenate(rows, axis=0)
+
+
+class Trainer:
+    """Trains the built objects of one run (``petseg.build``) as ``cfg.trainer`` says."""
+
+    def __init__(
+        self,
+        cfg: DictConfig,
+        built: Built,
+        run_dir: Path,
+        dist: DistInfo = SINGLE,
+        stop: StopSignals | None = None,
+    ) -> None:
+        self.cfg, self.built, self.run_dir, self.dist = cfg, built, Path(run_dir), dist
+        # Only a flag that handlers set: a Trainer used without fit() just never sees a signal.
+        self.stop = stop if stop is not None else StopSignals()
+        self.model, self.runtime = built.model, built.runtime
+        self.optimizer, self.scheduler, self.scaler = built.optimizer, built.scheduler, built.scaler
+        self.grad_clip = None if cfg.trainer.grad_clip is None else float(cfg.trainer.grad_clip)
+        self.threshold = float(cfg.trainer.threshold)
+        # val/dice is the reference protocol's (256x256 masks), so runs at any image size compare; the
+        # 256x256 masks are made once, at the first validation, and kept.
+        self.val_targets = ReferenceTargets.of(built.val_set, keep=True)
+        self.progress = Progress()
+        self.resumed_from: Path | None = None
+
+    # ------------------------------------------------------------------------------------ the step
+    def train_step(self, batch: dict[str, Any]) -> torch.Tensor:
+        """One optimisation step on ``batch``: forward, loss, backward, clip, step. Returns this
+        process's [loss sum, Dice sum, image count] as a tensor (no host sync, no I/O)."""
+        images = self.runtime.to_input(batch["image"])
+        masks = batch["mask"].to(self.runtime.device, non_blocking=True)
+        self.optimizer.zero_grad(set_to_none=True)
+        with self.runtime.autocast():
+            logits = self.built.train_model(images)
+        loss = self.built.loss_fn(logits.float(), masks)
+        self.scaler.scale(loss).backward()
+        if self.grad_clip is not None:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        n = len(images)
+        dice_sum = dice_per_image(binarize(logits.detach(), self.threshold), masks > 0.5).sum()
+        return torch.stack(
+            [loss.detach().float() * n, dice_sum.float(), torch.tensor(float(n), device=loss.device)]
+        )
+
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        """The steps of epoch ``epoch`` (0-based) from where progress stands; its mean loss and Dice."""
+        p, steps = self.progress, self.built.steps_per_epoch
+        # Resuming mid-epoch: the sampler skips the samples of the steps already trained.
+        self.built.train_loader.sampler.set_epoch(epoch, start=p.step * int(self.cfg.data.batch_size))
+        self.model.train()
+        every = int(self.cfg.trainer.checkpoint.every_n_steps or 0)
+        desc = f"epoch {epoch + 1}/{self.cfg.trainer.epochs}"
+        # `with`: the bar is closed on any exit, so an error or the resume command gets its own line.
+        with tqdm(
+            total=steps, initial=p.step, desc=desc, dynamic_ncols=True, disable=not self.dist.is_main
+        ) as bar:
+            for batch in self.built.train_loader if p.step < steps else ():
+                started = time.perf_counter()
+                sums = self.train_step(batch)
+                # One collective per step: every rank sees the global sums (the same NaN stops every
+                # rank) and whether any rank was asked to stop.
+                loss_sum, dice_sum, n, stop = self._all_sum(
+                    [*sums.tolist(), 1.0 if self.stop.signum else 0.0]
+                )
+                if not math.isfinite(loss_sum):
+                    raise self._non_finite(
+                        f"loss became {loss_sum / n} at epoch {epoch + 1}, step {p.step + 1}"
+                    )
+                if self.built.thread_tuner is not None:
+                    self.built.thread_tuner.after_step(time.perf_counter() - started)
+                p.add_step(loss_sum, dice_sum, int(n))
+                bar.update(1)
+                bar.set_postfix({k: f"{v:.4f}" for k, v in p.means().items()})
+                if stop:
+                    self._interrupt(self.stop.signum or signal.SIGTERM)
+                if p.step >= steps:
+                    break  # limit_train_batches: do not load a batch that will not be used
+                if every and p.global_step % every == 0:
+                    self._save("last.pth")  # mid-epoch; the epoch's end saves anyway
+        return p.means()
+
+    def validate(self, epoch: int) -> tuple[dict[str, Any], list]:
+        """Metrics of the valid split (``evaluate()``), and overlay samples on overlay epochs."""
+        samples: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        want = int(self.cfg.trainer.overlays.count) if self._overlay_epoch(epoch) else 0
+        mean, std = list(self.cfg.data.mean), list(self.cfg.data.std)
+
+        def keep(batch: dict[str, Any], logits: torch.Tensor, _dice: torch.Tensor) -> None:
+            pred = binarize(logits, self.threshold)
+            for i in range(min(want - len(samples), len(logits))):
+                image = denormalize(batch["image"][i], mean, std)
+                samples.append((image, batch["mask"][i, 0].numpy() > 0.5, pred[i, 0].cpu().numpy()))
+
+        # Each rank's BatchNorm statistics followed its own last batches: score rank 0's (the saved ones).
+        broadcast_buffers(self.model, self.dist)
+        metrics = evaluate(
+            self.model,
+            self.built.val_loader,
+            self.runtime,
+            loss_fn=self.built.loss_fn,
+            threshold=self.threshold,
+            limit_batches=self.cfg.trainer.limit_val_batches,
+            progress=self.dist.is_main,
+            desc=f"valid {epoch + 1}/{self.cfg.trainer.epochs}",
+            on_batch=keep if want and self.dist.is_main else None,
+            dist=self.dist,
+            targets=self.val_targets,
+        )
+        return metrics, samples
+
+    def fit(self) -> float:
+        """Train the remaining epochs; the best monitored validation metric."""
+        epochs = int(self.cfg.trainer.epochs)
+        # On resume, TensorBoard drops every event an earlier process logged from the next epoch on
+        # (a crash after logging an epoch but before saving it): each epoch appears once in the log.
+        purge = self.progress.epoch + 1 if self.resumed_from is not None else None
+        writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=purge) if self.dist.is_main else None
+        if writer is not None:
+            write_hparams_start(writer, self.cfg)
+        started = time.time()
+        try:
+            for epoch in range(self.progress.epoch, epochs):
+                self._check_stop()  # a signal during setup, validation or the last save
+                train_metrics = self.train_epoch(epoch)
+                val_metrics, samples = self.validate(epoch)
+                self._end_epoch(epoch, train_metrics, val_metrics, samples, writer)
+            if writer is not None:
+                p = self.progress
+                write_run_end(writer, p.history, (p.best_metric, p.best_epoch), time.time() - started)
+        finally:
+            if writer is not None:
+                writer.close()
+        p = self.progress
+        log.info(
+            "done in %.1f min: best val Dice %.4f at epoch %d",
+            (time.time() - started) / 60,
+            p.best_metric,
+            p.best_epoch,
+        )
+        if self.dist.is_main:
+            export_best(self.run_dir, self.cfg, p.best_metric, p.best_epoch)
+        return p.best_metric
+
+    # ------------------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a checkpoint holds: weights, config, progress, optimiser, schedule, RNG states."""
+        p = self.progress
+        return {
+            "model_name": self.cfg.model.name,
+            "model": self.model.state_dict(),
+            "config": OmegaConf.to_container(self.cfg, resolve=True),
+            "epoch": p.epoch,
+            "metrics": p.history[-1] if p.history else {},
+            "best": {"metric": p.best_metric, "epoch": p.best_epoch},
+            "history": p.history,
+            "progress": asdict(p),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": capture_rng(),
+            "train_images": len(self.built.train_set),
+            "world_size": self.dist.world_size,
+            "runtime": self.runtime.describe(),  # what the 'auto' settings became, and why
+        }
+
+    def load_state_dict(self, ckpt: dict[str, Any]) -> None:
+        """Continue from a ``state_dict()`` (weights, optimiser, schedule, scaler, progress, RNGs)."""
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        self.progress = Progress(**ckpt["progress"])
+        restore_rng(ckpt["rng"])
+
+    def resume(self, path: Path) -> None:
+        """Continue the run saved at ``path`` (a PetsegError if this run cannot)."""
+        ckpt = load_checkpoint(path)
+        check_resumable(ckpt, path, self.cfg, len(self.built.train_set), self.dist.world_size)
+        try:
+            self.load_state_dict(ckpt)
+        except (KeyError, TypeError, ValueError, RuntimeError) as err:
+            reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise PetsegError(f"{path} cannot be resumed by this run: {reason[:200]}") from None
+        self.resumed_from = path
+        log.info("resumed from %s %s", path, self._where())
+
+    # ------------------------------------------------------------------------------------ helpers
+    def _all_sum(self, values: list[float]) -> list[float]:
+        return all_sum(values, self.dist, self.runtime.device)
+
+    def _where(self) -> str:
+        """Where training stands, for messages: 'after epoch 2' or 'at epoch 3, step 5/9'."""
+        p = self.progress
+        if p.step == 0:
+            return f"after epoch {p.epoch}" if p.epoch else "before the first step"
+        return f"at epoch {p.epoch + 1}, step {p.step}/{self.built.steps_per_epoch}"
+
+    def _non_finite(self, what: str) -> PetsegError:
+        last = self.run_dir / "last.pth"
+        kept = f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint was saved yet"
+        return TrainingDiverged(
+            f"{what}: stopping ({kept}); lower optim.lr or set trainer.grad_clip",
+            best_metric=self.progress.best_metric,
+        )
+
+    def _save(self, name: str) -> Path:
+        # A weight that overflowed must never replace the last good checkpoint. The weights are the
+        # same on every rank (DDP), so every rank takes the same branch; only rank 0 writes.
+        for key, value in self.model.state_dict().items():
+            if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                raise self._non_finite(f"weight {key} became non-finite {self._where()}")
+        path = self.run_dir / name
+        return save_checkpoint(path, self.state_dict()) if self.dist.is_main else path
+
+    def _check_stop(self) -> None:
+        """Between steps: stop if any rank was asked to (all ranks must stop at the same point, or the
+        others would wait forever in the next collective)."""
+        if self._all_sum([1.0 if self.stop.signum else 0.0])[0] > 0:
+            self._interrupt(self.stop.signum or signal.SIGTERM)
+
+    def _interrupt(self, signum: int) -> None:
+        path = self._save("last.pth")
+        raise TrainingInterrupted(
+            f"stopped by {signal.Signals(signum).name} {self._where()}; state saved to {path}. "
+            f"Resume with:\n  {resume_command(self.run_dir)}",
+            exit_code=128 + signum,
+        )
+
+    def _overlay_epoch(self, epoch: int) -> bool:
+        every, epochs = int(self.cfg.trainer.overlays.every_n_epochs or 0), int(self.cfg.trainer.epochs)
+        return every > 0 and ((epoch + 1) % every == 0 or epoch + 1 == epochs or epoch == 0)
+
+    def _end_epoch(
+        self,
+        epoch: int,
+        train: dict[str, float],
+        val: dict[str, Any],
+        samples: list,
+        writer: SummaryWriter | None,
+    ) -> None:
+        if val["loss"] is not None and not math.isfinite(val["loss"]):
+            raise self._non_finite(f"validation loss became {val['loss']} at epoch {epoch + 1}")
+        record = {
+            "epoch": epoch + 1,
+            "train/loss": train["loss"],
+            "train/dice": train["dice"],
+            "val/loss": val["loss"],
+            "val/dice": val["dice"],
+            "val/dice_pooled": val["dice_pooled"],
+            "val/dice_input": val["protocols"]["dice_input"]["mean"],
+            "lr": self.optimizer.param_groups[0]["lr"],
+        }
+        if writer is not None:
+            write_epoch(writer, record, overlay_grid(samples) if samples else None)
+        improved = self.progress.end_epoch(record, self.cfg.monitor)
+        log.info("%s%s", epoch_line(record, int(self.cfg.trainer.epochs)), "  *best*" if improved else "")
+        ckpt_cfg = self.cfg.trainer.checkpoint
+        if ckpt_cfg.save_last or improved:
+            # last.pth is written even when save_last is off and only best is wanted: best.pth is a copy.
+            self._save("last.pth")
+        if improved and ckpt_cfg.save_best and self.dist.is_main:
+            copy_checkpoint(self.run_dir / "last.pth", self.run_dir / "best.pth")
+
+
+def _describe(cfg: DictConfig, built: Built, dist: DistInfo) -> str:
+    rt = built.runtime
+    ddp = f"; {dist.world_size} processes (DDP), global batch {dist.world_size * int(cfg.data.batch_size)}"
+    return (
+        f"model {cfg.model.name} ({sum(p.numel() for p in built.model.parameters()) / 1e6:.2f}M params) on "
+        f"{rt.device}, {rt.describe()['amp']}, channels_last={rt.channels_last} ({rt.why}); "
+        f"{len(built.train_set)} train / {len(built.val_set)} valid images{ddp if dist.enabled else ''}"
+    )
+
+
+def fit(cfg: DictConfig, run_dir: str | Path) -> float:
+    """Train as the config says, in ``run_dir``; returns the best validation Dice.
+
+    Signal handling starts before the setup, so a Ctrl-C while data and model load also ends in a
+    saved last.pth and the resume command rather than a traceback.
+    """
+    with StopSignals() as stop:
+        dist = init_distributed()
+        try:
+            if dist.enabled:
+                stop.debounce_s = 2.0
+                if not dist.is_main:
+                    logging.getLogger("petseg").setLevel(logging.WARNING)  # rank 0 tells the story
+            # Every rank works in rank 0's run dir (Hydra gave the others a dummy one); only rank 0 writes.
+            run_dir = Path(broadcast_object(str(run_dir), dist))
+            if dist.is_main:
+                run_dir.mkdir(parents=True, exist_ok=True)
+                for leftover in remove_partial_writes(run_dir):
+                    log.info("removed %s, left by a save that was killed", leftover.name)
+            built = build(cfg, dist)
+            trainer = Trainer(cfg, built, run_dir, dist, stop)
+            if cfg.trainer.resume:
+                trainer.resume(resolve_resume(cfg.trainer.resume))
+            log.info("%s", _describe(cfg, built, dist))
+            return trainer.fit()
+        finally:
+            shutdown(dist)

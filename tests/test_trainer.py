@@ -1,0 +1,116 @@
+"""The Trainer on injected objects: ``train_step`` is one optimisation step and nothing else, and
+``state_dict``/``load_state_dict`` carry a run from one Trainer to another exactly."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from petseg.build import Built, build
+from petseg.cli import CONFIG_DIR
+from petseg.trainer import Trainer
+from utils import binarize, dice_per_image
+
+SAMPLE = Path(__file__).resolve().parent / "data" / "oxford-iiit-pet"
+
+
+@pytest.fixture(autouse=True)
+def torch_settings_restored() -> Iterator[None]:
+    """build() sets torch's thread count and determinism (trainer.threads, .deterministic)."""
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    yield
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(deterministic)
+
+
+def tiny_cfg(tmp: Path, *extra: str) -> DictConfig:
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose(
+            "train",
+            overrides=[
+                "model.base_width=4",
+                f"data.root={SAMPLE}",
+                "data.image_size=32",
+                "data.batch_size=4",
+                "data.num_workers=0",
+                f"data.cache_dir={tmp / 'cache'}",
+                "trainer.threads=1",
+                "trainer.deterministic=true",
+                *extra,
+            ],
+        )
+
+
+def first_batch(built: Built) -> dict:
+    built.train_loader.sampler.set_epoch(0)
+    return next(iter(built.train_loader))
+
+
+def params(model: torch.nn.Module) -> torch.Tensor:
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+def test_train_step_steps_once_and_returns_the_batch_sums(tmp_path: Path) -> None:
+    cfg = tiny_cfg(tmp_path)
+    built = build(cfg)
+    trainer = Trainer(cfg, built, tmp_path / "run")
+    batch = first_batch(built)
+    before, lr_before = params(built.model), built.optimizer.param_groups[0]["lr"]
+
+    # What the step must report, computed here from a copy of the model before the step.
+    twin = copy.deepcopy(built.model).train()
+    with torch.no_grad(), built.runtime.autocast():  # the runtime's precision and layout, as the step
+        logits = twin(built.runtime.to_input(batch["image"])).float()
+    expected_loss = float(built.loss_fn(logits, batch["mask"])) * len(logits)
+    expected_dice = float(dice_per_image(binarize(logits, trainer.threshold), batch["mask"] > 0.5).sum())
+
+    loss_sum, dice_sum, n = trainer.train_step(batch).tolist()
+    assert n == len(batch["image"]) == 4
+    assert loss_sum == pytest.approx(expected_loss, rel=1e-4)
+    assert dice_sum == pytest.approx(expected_dice, abs=1e-5)
+    assert not torch.equal(params(built.model), before)  # the optimiser stepped
+    assert built.optimizer.param_groups[0]["lr"] != lr_before  # and the schedule (warm-up) too
+    assert trainer.progress.global_step == 0  # bookkeeping is train_epoch's, not the step's
+    assert not (tmp_path / "run").exists()  # no I/O
+
+
+def test_train_step_clips_the_gradient(tmp_path: Path) -> None:
+    """With plain SGD (lr 1) injected, a step moves the weights by exactly the clipped gradient."""
+    cfg = tiny_cfg(tmp_path, "trainer.grad_clip=0.001", "sched=none")
+    built = build(cfg)
+    sgd = torch.optim.SGD(built.model.parameters(), lr=1.0)
+    built = dataclasses.replace(
+        built, optimizer=sgd, scheduler=torch.optim.lr_scheduler.LambdaLR(sgd, lambda _: 1.0)
+    )
+    trainer = Trainer(cfg, built, tmp_path / "run")
+    before = params(built.model)
+    trainer.train_step(first_batch(built))
+    moved = float((params(built.model) - before).norm())
+    assert moved == pytest.approx(0.001, rel=1e-3)
+
+
+def test_state_dict_carries_a_run_to_another_trainer_exactly(tmp_path: Path) -> None:
+    cfg = tiny_cfg(tmp_path)
+    first = Trainer(cfg, build(cfg), tmp_path / "a")
+    batch = first_batch(first.built)
+    first.train_step(batch)
+    first.progress.add_step(1.0, 0.5, 4)
+    state = copy.deepcopy(first.state_dict())  # as if through a file: no tensors shared with `first`
+
+    torch.manual_seed(123)  # another init: everything must come from the state
+    second = Trainer(cfg, build(tiny_cfg(tmp_path, "trainer.seed=7")), tmp_path / "b")
+    second.load_state_dict(state)
+    assert torch.equal(params(first.model), params(second.model))
+    assert second.progress == first.progress
+
+    first.train_step(batch)
+    second.train_step(batch)  # same optimiser moments and schedule position: the same next step
+    assert torch.equal(params(first.model), params(second.model))
+    assert second.optimizer.param_groups[0]["lr"] == first.optimizer.param_groups[0]["lr"]
