@@ -4,7 +4,7 @@ On a 2-core machine torch's OpenMP pool has one thread per core. When another pr
 (a second run, an evaluation, a browser), the thread that loses its core holds up every parallel
 region, and with OpenMP's default wait policy the other thread spin-waits for it. Each row runs in a
 fresh process (OpenMP reads its environment once, at load) with the trainer's step under the project's
-runtime defaults (src/runtime.py; the model's train step as benchmarks/train_speed.py times it), first
+runtime defaults (src/petseg/runtime.py; the model's train step as benchmarks/train_speed.py times it), first
 alone, then while a pure-Python busy loop (one CPU-bound thread) runs beside it.
 
     .venv/bin/python benchmarks/busy_machine.py --size 128 --batch-size 16 --steps 6
@@ -43,16 +43,16 @@ def worker(args: argparse.Namespace) -> None:
     import torch
     from omegaconf import OmegaConf
 
-    from losses import build_loss
     from models import build_model
-    from optim import build_optimizer
-    from runtime import runtime_from_config
+    from petseg.losses import build_loss
+    from petseg.optim import build_optimizer
+    from petseg.runtime import setup_runtime
 
     if os.environ.get("PETSEG_BENCH_THREADS"):
         torch.set_num_threads(int(os.environ["PETSEG_BENCH_THREADS"]))
     trainer = OmegaConf.load(ROOT / "configs" / "trainer" / "default.yaml")
     trainer.device = "cpu"
-    rt = runtime_from_config(trainer)
+    rt = setup_runtime(trainer)
     model = rt.prepare(build_model(args.model))
     optimizer = build_optimizer(OmegaConf.load(ROOT / "configs" / "optim" / "adamw.yaml"), model, rt.device)
     loss_fn = build_loss(OmegaConf.load(ROOT / "configs" / "loss" / "bce_dice.yaml"))
@@ -68,7 +68,7 @@ def worker(args: argparse.Namespace) -> None:
 
     tuner = None
     if os.environ.get("PETSEG_BENCH_TUNER"):
-        from thread_tuner import ThreadTuner
+        from petseg.thread_tuner import ThreadTuner
 
         tuner = ThreadTuner((torch.get_num_threads(), 1), torch.set_num_threads)
     times = []

@@ -161,10 +161,10 @@ def plain_loop(args: argparse.Namespace) -> None:
     from torch.utils.data import DataLoader, Dataset
 
     from evaluate import ReferenceTargets, evaluate
-    from losses import build_loss
     from models import build_model
     from oxford_pet import build_transform, present_names, split_names
-    from runtime import Runtime
+    from petseg.losses import build_loss
+    from petseg.runtime import Runtime
 
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)

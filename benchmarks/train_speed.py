@@ -3,19 +3,19 @@ segmentation_models_pytorch's Unet(resnet34) trained the plain way; every row in
 
 Rows (``--models`` x ``--variants``):
 
-* ``default``: what ``python src/train.py`` does on this device: runtime.runtime_from_config() on
+* ``default``: what ``python src/train.py`` does on this device: runtime.setup_runtime() on
   configs/trainer/default.yaml (amp / channels_last / retain_host_memory 'auto' resolved here, compile
   as configured), optim.build_optimizer (AdamW, fused on CPU and CUDA), losses.build_loss (BCE + Dice),
   grad clipping as configured, zero_grad(set_to_none=True): the trainer's step without data loading.
 * explicit settings joined by '+': ``fp32`` or ``bf16`` (autocast), ``cl`` (channels_last),
   ``compile`` (torch.compile, inductor), e.g. ``fp32+cl`` or ``bf16+cl+compile``; the rest as in
-  default (runtime_from_config still runs, so retained host memory on CPU applies to these rows too).
+  default (setup_runtime still runs, so retained host memory on CPU applies to these rows too).
 * ``smp_unet_resnet34``, the reference: ``smp.Unet(encoder_name="resnet34", encoder_weights=None)``,
   fp32, default memory format, ``torch.optim.AdamW`` with its own defaults for the device, the same
-  loss, batch, lr and weight decay; no clipping, no compile, and nothing of src/runtime.py: its process
+  loss, batch, lr and weight decay; no clipping, no compile, and nothing of src/petseg/runtime.py: its process
   keeps torch's and glibc's defaults. Its row is the denominator of the "vs smp" column.
 * ``smp_runtime`` (opt-in): the same smp network and plain step, but in a process set up by
-  runtime_from_config (on CPU: retain_freed_memory()) and with fused AdamW, i.e. what our runtime
+  setup_runtime (on CPU: retain_freed_memory()) and with fused AdamW, i.e. what our runtime
   gives any network; it shows how much of a difference is the runtime rather than the network.
 
 Process layout: the runtime's malloc tuning is process-wide and one-way, so each row lives in its own
@@ -70,10 +70,10 @@ from torch import nn
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from losses import build_loss  # noqa: E402  (needs src/ on sys.path first)
 from models import build_model  # noqa: E402
-from optim import FUSED_ADAMW_DEVICES, build_optimizer  # noqa: E402
-from runtime import Runtime, runtime_from_config  # noqa: E402
+from petseg.losses import build_loss  # noqa: E402  (needs src/ on sys.path first)
+from petseg.optim import FUSED_ADAMW_DEVICES, build_optimizer  # noqa: E402
+from petseg.runtime import Runtime, setup_runtime  # noqa: E402
 from utils import resolve_device  # noqa: E402
 
 OURS = ("unet", "resnet34_unet")
@@ -183,8 +183,8 @@ def parse_variant(variant: str) -> tuple[torch.dtype | None, bool, bool] | None:
 
 def variant_runtime(variant: str, trainer: DictConfig) -> Runtime:
     """The project's default runtime, or the explicit settings of ``variant`` on top of it."""
-    explicit = parse_variant(variant)  # first: a typo fails before runtime_from_config tunes anything
-    base = runtime_from_config(trainer)
+    explicit = parse_variant(variant)  # first: a typo fails before setup_runtime tunes anything
+    base = setup_runtime(trainer)
     if explicit is None:
         return base
     amp, channels_last, compile_model = explicit
@@ -212,7 +212,7 @@ def row_specs(args: argparse.Namespace) -> list[RowSpec]:
 
 
 def build_row(spec: RowSpec, args: argparse.Namespace) -> Row:
-    """Build ``spec`` in this (worker) process. Only our rows and smp_runtime call runtime_from_config."""
+    """Build ``spec`` in this (worker) process. Only our rows and smp_runtime call setup_runtime."""
     trainer, optim_cfg, _ = default_configs(args.device)
     lr, weight_decay = float(optim_cfg.lr), float(optim_cfg.weight_decay)
     clip: float | None = None
@@ -252,7 +252,7 @@ def sync(device: torch.device) -> None:
 
 
 def train_step(row: Row, loss_fn: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
-    """The trainer's step (src/trainer.py) minus data loading, metrics and the lr schedule."""
+    """The trainer's step (src/petseg/trainer.py) minus data loading, metrics and the lr schedule."""
     row.step_model.train()
     images = row.runtime.to_input(x)
     row.optimizer.zero_grad(set_to_none=True)
