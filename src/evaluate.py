@@ -238,10 +238,11 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
     from oxford_pet import build_dataloader, build_dataset
     from petseg.checkpoint import load_checkpoint, model_from_checkpoint
     from petseg.runtime import setup_runtime
+    from petseg.upgrade import upgrade_config
 
     tta = check_tta(cfg.tta)
     ckpt = load_checkpoint(cfg.checkpoint)
-    train_cfg = OmegaConf.create(ckpt["config"])
+    train_cfg = upgrade_config(ckpt["config"])
     data_cfg = merge_data_overrides(train_cfg.data, cfg.data)
     runtime = setup_runtime(OmegaConf.merge(train_cfg.trainer, {"device": cfg.device}))
     model = runtime.prepare(model_from_checkpoint(ckpt))

@@ -49,8 +49,9 @@ class Predictor:
         from oxford_pet import build_transform
         from petseg.checkpoint import model_from_checkpoint
         from petseg.runtime import setup_runtime
+        from petseg.upgrade import upgrade_config
 
-        self.config = OmegaConf.create(ckpt["config"])
+        self.config = upgrade_config(ckpt["config"])
         trainer = OmegaConf.merge(self.config.trainer, {"device": device})
         self.runtime: Runtime = setup_runtime(trainer)
         self.model: nn.Module = self.runtime.prepare(model_from_checkpoint(ckpt)).eval()

@@ -561,8 +561,9 @@ def _check_stats(key: str, values: Sequence[float]) -> np.ndarray:
 # --------------------------------------------------------------------------------- building from cfg
 
 
-def _cfg(data_cfg: Any, key: str, default: Any = None) -> Any:
-    value = data_cfg.get(key, default)
+def _cfg(data_cfg: Any, key: str) -> Any:
+    """data.<key>, which the YAML (or a checkpoint upgraded by petseg.upgrade) always has."""
+    value = data_cfg[key]
     if value is None:
         raise PetsegError(f"data.{key} is not set")
     return value
@@ -587,20 +588,19 @@ def build_dataset(data_cfg: Any, aug_cfg: Any, split: str) -> OxfordPetDataset:
         root = to_absolute_path(root)
     except ImportError:
         pass
-    image_size = _check_image_size(_cfg(data_cfg, "image_size", 256))
-    # .get, not _cfg: configs saved in checkpoints before the cache existed have no such keys.
-    cache_dir = _from_start_dir(str(data_cfg.get("cache_dir") or DEFAULT_CACHE_DIR))
+    image_size = _check_image_size(_cfg(data_cfg, "image_size"))
+    cache_dir = _from_start_dir(str(data_cfg.cache_dir or DEFAULT_CACHE_DIR))
     return OxfordPetDataset(
         root=root,
         split=split,
         image_size=image_size,
         transform=build_transform(aug_cfg, image_size, train=split == "train"),
-        allow_missing=bool(_cfg(data_cfg, "allow_missing", False)),
-        mean=list(_cfg(data_cfg, "mean", IMAGENET_MEAN)),
-        std=list(_cfg(data_cfg, "std", IMAGENET_STD)),
-        cache=bool(data_cfg.get("cache", False)),
+        allow_missing=bool(data_cfg.allow_missing),
+        mean=list(_cfg(data_cfg, "mean")),
+        std=list(_cfg(data_cfg, "std")),
+        cache=bool(data_cfg.cache),
         cache_dir=cache_dir,
-        cache_workers=int(data_cfg.get("num_workers") or 0),
+        cache_workers=int(data_cfg.num_workers or 0),
     )
 
 
@@ -719,8 +719,8 @@ def build_dataloader(
         ShardSampler,
     )  # src/petseg/sampler.py: the trainer relies on set_epoch()
 
-    batch_size = int(_cfg(data_cfg, "batch_size", 8))
-    num_workers = int(_cfg(data_cfg, "num_workers", 0))
+    batch_size = int(_cfg(data_cfg, "batch_size"))
+    num_workers = int(_cfg(data_cfg, "num_workers"))
     if batch_size < 1 or num_workers < 0:
         raise PetsegError(
             f"data.batch_size must be >= 1 and data.num_workers >= 0 (got {batch_size}, {num_workers})"

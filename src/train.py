@@ -38,7 +38,7 @@ if _SRC not in os.environ.get("PYTHONPATH", "").split(os.pathsep):
 def main(cfg: DictConfig) -> float:
     # torch and the rest load here, after Hydra read the command line: a mistake in it is reported
     # in a second, and a Ctrl-C during these imports is caught by cli().
-    from petseg.checks import check_choices, check_train_config
+    from petseg.checks import check_train_config
     from petseg.resume import config_for_resume
     from petseg.signals import TrainingInterrupted
     from petseg.trainer import fit
@@ -46,11 +46,11 @@ def main(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     try:
-        check_choices(hydra_cfg.runtime.choices)
         if cfg.trainer.resume:
             cfg = config_for_resume(cfg, list(hydra_cfg.overrides.task))
         check_train_config(cfg)
-        return fit(cfg, run_dir)
+        choices = {g: str(o) for g, o in hydra_cfg.runtime.choices.items() if o and not g.startswith("hydra")}
+        return fit(cfg, run_dir, choices)
     except TrainingDiverged as err:
         if hydra_cfg.mode != RunMode.MULTIRUN:
             print(f"error: {err}", file=sys.stderr)

@@ -7,11 +7,27 @@ import shutil
 from pathlib import Path
 
 import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 SAMPLE_ROOT = DATA_DIR / "oxford-iiit-pet"
 FULL_LISTS = DATA_DIR / "full_lists"
 SHARED_ROOT = Path("/work/shared/data/oxford-iiit-pet")
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+
+def tiny(*overrides: str, tmp: Path | None = None) -> list[str]:
+    """train.py overrides of the one tiny recipe (configs/debug/tiny.yaml) on the committed sample,
+    its cache under ``tmp`` if given; ``overrides`` come last (the last value of a key wins)."""
+    cache = [f"data.cache_dir={tmp / 'cache'}"] if tmp is not None else []
+    return ["debug=tiny", f"data.root={SAMPLE_ROOT}", *cache, *overrides]
+
+
+def compose_train(tmp: Path, *overrides: str) -> DictConfig:
+    """configs/train.yaml composed as train.py would with ``tiny(tmp, *overrides)``."""
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose("train", overrides=tiny(*overrides, tmp=tmp))
 
 
 @pytest.fixture(scope="session")

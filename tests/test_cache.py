@@ -19,6 +19,7 @@ from petseg.errors import PetsegError
 
 ROOT = Path(__file__).resolve().parents[1]
 AUG = ROOT / "configs" / "aug" / "default.yaml"
+DATA_YAML = ROOT / "configs" / "data" / "oxford_pet.yaml"
 SIZE = 64
 
 
@@ -117,16 +118,10 @@ def test_eval_items_are_identical_with_and_without_cache(
 
 
 def test_train_items_from_cache_have_the_right_shapes(sample_root: Path, tmp_path: Path) -> None:
-    data = OmegaConf.create(
-        {
-            "root": str(sample_root),
-            "image_size": SIZE,
-            "batch_size": 4,
-            "num_workers": 0,
-            "allow_missing": False,
-            "cache": True,
-            "cache_dir": str(tmp_path),
-        }
+    data = OmegaConf.merge(
+        OmegaConf.load(DATA_YAML),
+        {"root": str(sample_root), "image_size": SIZE, "batch_size": 4, "num_workers": 0, "cache": True},
+        {"cache_dir": str(tmp_path)},
     )
     train = build_dataset(data, OmegaConf.load(AUG), "train")
     assert train.cache is not None
@@ -140,10 +135,16 @@ def test_train_items_from_cache_have_the_right_shapes(sample_root: Path, tmp_pat
 
 
 def test_cache_off_by_key_and_old_configs_without_the_keys(sample_root: Path, tmp_path: Path) -> None:
-    data = OmegaConf.create({"root": str(sample_root), "image_size": SIZE, "cache": False})
+    from petseg.upgrade import upgrade_config
+
+    data = OmegaConf.merge(
+        OmegaConf.load(DATA_YAML), {"root": str(sample_root), "image_size": SIZE, "cache": False}
+    )
     assert build_dataset(data, None, "valid").cache is None
-    del data["cache"]  # a config saved in a checkpoint before the cache existed
-    assert build_dataset(data, None, "valid").cache is None
+    # A config saved in a checkpoint before the cache existed takes today's default (on).
+    old = {"root": str(sample_root), "image_size": SIZE, "cache_dir": str(tmp_path)}
+    upgraded = upgrade_config({"model": {"name": "unet"}, "data": old}).data
+    assert build_dataset(upgraded, None, "valid").cache is not None
 
 
 def test_cached_dataset_pickles_without_the_arrays(sample_root: Path, tmp_path: Path) -> None:

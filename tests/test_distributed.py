@@ -89,7 +89,7 @@ def test_distributed_validation_equals_one_process(ddp_run) -> None:
     runtime = setup_runtime(OmegaConf.merge(cfg.trainer, {"device": "cpu"}))
     model = runtime.prepare(model_from_checkpoint(ckpt))
     loader = build_dataloader(build_dataset(cfg.data, cfg.aug, "valid"), cfg.data, train=False)
-    from petseg.losses import build_loss
+    from petseg.build import build_loss
 
     single = evaluate(
         model, loader, runtime, loss_fn=build_loss(cfg.loss), threshold=cfg.trainer.threshold, progress=False
@@ -120,6 +120,9 @@ def test_hparams_tab_holds_settings_and_final_metrics(ddp_run) -> None:
     last = load_checkpoint(run_dir / "last.pth")
     assert hparams["optim.lr"].number_value == pytest.approx(last["config"]["optim"]["lr"])
     assert hparams["model.name"].string_value == "unet"
+    # The option chosen in each group leads; the _target_ plumbing is not a column.
+    assert hparams["optim"].string_value == "adamw" and hparams["sched"].string_value == "cosine"
+    assert hparams["loss"].string_value == "bce_dice" and "optim._target_" not in hparams
     assert hparams["data.image_size"].number_value == 32
     experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"])
     metric_tags = {m.name.tag for m in experiment.experiment.metric_infos}

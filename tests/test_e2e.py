@@ -18,6 +18,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import tiny
 from curves import read_scalars
 from petseg.checkpoint import load_checkpoint, model_from_checkpoint
 
@@ -29,20 +30,15 @@ pytestmark = pytest.mark.slow
 
 
 def tiny_overrides(tmp: Path, epochs: int = 2) -> list[str]:
-    """An ``epochs``-epoch, 32 px, width-4 UNet run on the sample, exporting to tmp/saved."""
-    return [
+    """An ``epochs``-epoch run of the tiny recipe with a width-4 UNet, exporting to tmp/saved."""
+    return tiny(
         "model=unet",
         "model.base_width=4",
-        f"data.root={SAMPLE}",
-        "data.image_size=32",
         "data.batch_size=4",
-        "data.num_workers=0",
         f"trainer.epochs={epochs}",
-        "trainer.overlays.every_n_epochs=1",
-        "trainer.overlays.count=2",
         f"trainer.checkpoint.export_dir={tmp / 'saved'}",
-        f"data.cache_dir={tmp / 'cache'}",
-    ]
+        tmp=tmp,
+    )
 
 
 def run(script: str, *args: str, check: bool = True, timeout: int = 300) -> subprocess.CompletedProcess:

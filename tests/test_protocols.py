@@ -25,7 +25,8 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 @pytest.fixture(scope="module")
 def cpu() -> object:
-    return setup_runtime(OmegaConf.create({"device": "cpu", "amp": "off", "channels_last": False}))
+    trainer = OmegaConf.load(CONFIGS / "trainer" / "default.yaml")
+    return setup_runtime(OmegaConf.merge(trainer, {"device": "cpu", "amp": "off", "channels_last": False}))
 
 
 class FixedLogits(nn.Module):
@@ -239,9 +240,10 @@ def test_bf16_evaluation_keeps_every_dice_within_0_001_of_fp32(model: str, sampl
     """Evaluation and inference use the training rule (bf16 + channels_last on CPUs with bf16 units):
     allowed because the shipped checkpoints score the same within 0.001 either way."""
     from petseg.checkpoint import load_checkpoint, model_from_checkpoint
+    from petseg.upgrade import upgrade_config
 
     ckpt = load_checkpoint(Path(__file__).resolve().parents[1] / "saved_models" / f"{model}.pth")
-    cfg = OmegaConf.create(ckpt["config"])
+    cfg = upgrade_config(ckpt["config"])  # as evaluate.py reads a checkpoint
     data = OmegaConf.merge(cfg.data, {"root": str(sample_root), "num_workers": 0})
     dataset = build_dataset(data, cfg.aug, "test")
     scores = {}

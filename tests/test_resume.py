@@ -25,6 +25,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
+from conftest import tiny
 from petseg import checkpoint as checkpoint_module
 from petseg.checkpoint import load_checkpoint, save_checkpoint
 from petseg.cli import CONFIG_DIR
@@ -39,21 +40,14 @@ SCALARS = ("train/loss", "train/dice", "val/loss", "val/dice", "val/dice_pooled"
 
 def recipe(tmp: Path) -> list[str]:
     """2 epochs of 9 steps (18 train images, batch 2); last.pth also every 2 steps, inside epochs."""
-    return [
+    return tiny(
         "model=unet",
         "model.base_width=4",
-        f"data.root={SAMPLE}",
-        "data.image_size=32",
-        "data.batch_size=2",
-        "data.num_workers=0",
-        "trainer.epochs=2",
-        "trainer.threads=1",
         "trainer.deterministic=true",
-        "trainer.overlays.every_n_epochs=1",
         "trainer.overlays.count=1",
         "trainer.checkpoint.every_n_steps=2",
         f"trainer.checkpoint.export_dir={tmp / 'saved'}",
-    ]
+    )
 
 
 def start(*args: str, log: Path) -> subprocess.Popen:

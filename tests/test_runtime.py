@@ -78,8 +78,11 @@ def test_misspelt_values_are_user_errors(key: str, value: str, message: str) -> 
 
 
 def test_missing_keys_mean_the_defaults() -> None:
-    # Trainer configs saved in older checkpoints may lack the newer keys.
-    rt = setup_runtime(OmegaConf.create({"device": "cpu"}))
+    # Trainer configs saved in older checkpoints may lack the newer keys: petseg.upgrade fills them
+    # from today's YAML, the one place defaults live.
+    from petseg.upgrade import upgrade_config
+
+    rt = setup_runtime(upgrade_config({"model": {"name": "unet"}, "trainer": {"device": "cpu"}}).trainer)
     assert (rt.amp_dtype, rt.channels_last) == (
         setup_runtime(trainer_cfg()).amp_dtype,
         rt.channels_last,
@@ -163,7 +166,7 @@ def test_cudnn_benchmark_cannot_be_forced_beside_determinism() -> None:
 
 @pytest.mark.parametrize(("value", "fused"), [("auto", True), (True, True), (False, False)])
 def test_fused_adamw_follows_optim_fused_on_cpu(value: object, fused: bool) -> None:
-    from petseg.optim import build_optimizer
+    from petseg.build import build_optimizer
 
     cfg = OmegaConf.load(ROOT / "configs" / "optim" / "adamw.yaml")
     cfg.fused = value
@@ -172,7 +175,7 @@ def test_fused_adamw_follows_optim_fused_on_cpu(value: object, fused: bool) -> N
 
 
 def test_fused_adamw_typo_is_a_user_error() -> None:
-    from petseg.optim import build_optimizer
+    from petseg.build import build_optimizer
 
     cfg = OmegaConf.merge(OmegaConf.load(ROOT / "configs" / "optim" / "adamw.yaml"), {"fused": "yes"})
     with pytest.raises(PetsegError, match="optim.fused='yes'"):

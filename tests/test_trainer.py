@@ -10,11 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
+from conftest import compose_train
 from petseg.build import Built, build
-from petseg.cli import CONFIG_DIR
 from petseg.trainer import Trainer
 from utils import binarize, dice_per_image
 
@@ -31,21 +30,7 @@ def torch_settings_restored() -> Iterator[None]:
 
 
 def tiny_cfg(tmp: Path, *extra: str) -> DictConfig:
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose(
-            "train",
-            overrides=[
-                "model.base_width=4",
-                f"data.root={SAMPLE}",
-                "data.image_size=32",
-                "data.batch_size=4",
-                "data.num_workers=0",
-                f"data.cache_dir={tmp / 'cache'}",
-                "trainer.threads=1",
-                "trainer.deterministic=true",
-                *extra,
-            ],
-        )
+    return compose_train(tmp, "model.base_width=4", "data.batch_size=4", "trainer.deterministic=true", *extra)
 
 
 def first_batch(built: Built) -> dict:

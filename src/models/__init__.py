@@ -1,18 +1,14 @@
 """Segmentation models behind a registry.
 
 Adding an architecture takes one new module in this package whose class carries
-``@register_model("name")``, plus one ``configs/model/<name>.yaml``. Every module of the package is
-imported below (no hand-kept import list), so the decorator runs and the name becomes buildable.
+``@register_model("name")``, its import below (importing it runs the decorator, which makes the name
+buildable), and one ``configs/model/<name>.yaml``. The list is explicit so a reader sees every model
+here, and a checkpoint names its model by the stable registry name, never by a module path.
 """
 
-import importlib
-import pkgutil
-
+from . import resnet34_unet, unet  # noqa: F401  (registers "resnet34_unet" and "unet")
 from .base import SegmentationModel, size_error_message
 from .registry import available_models, build_model, check_input_size, register_model
-
-for _module in pkgutil.iter_modules(__path__):
-    importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = [
     "SegmentationModel",

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import nn
 from torch.utils.data import DataLoader
@@ -19,8 +22,6 @@ from models import build_model
 from oxford_pet import OxfordPetDataset, build_dataloader, build_dataset
 from petseg.distributed import SINGLE, DistInfo, wrap_model
 from petseg.errors import PetsegError
-from petseg.losses import build_loss
-from petseg.optim import build_optimizer, build_scheduler
 from petseg.runtime import Runtime, setup_runtime
 from petseg.signals import shield_workers
 from petseg.thread_tuner import ThreadTuner, tuner_for
@@ -48,6 +49,43 @@ class Built:
     thread_tuner: ThreadTuner | None
 
 
+def _instantiate(node: DictConfig, group: str) -> Any:
+    """``hydra.utils.instantiate(node)``; a bad ``_target_`` or argument is one line naming the group."""
+    try:
+        return instantiate(node)
+    except InstantiationException as err:
+        cause = err.__cause__ if err.__cause__ is not None else err
+        if isinstance(cause, PetsegError):
+            raise cause from None
+        reason = (str(cause).strip().splitlines() or [type(cause).__name__])[-1]
+        raise PetsegError(f"{group}: cannot build {node.get('_target_')}: {reason}") from None
+
+
+def build_optimizer(cfg: DictConfig, model: nn.Module, device: torch.device) -> torch.optim.Optimizer:
+    """The `optim` group's optimiser over ``model``'s parameters."""
+    return _call(_instantiate(cfg, "optim"), "optim", model, device)
+
+
+def build_scheduler(
+    cfg: DictConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int, epochs: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """The `sched` group's per-step schedule."""
+    return _call(_instantiate(cfg, "sched"), "sched", optimizer, steps_per_epoch, epochs)
+
+
+def build_loss(cfg: DictConfig) -> nn.Module:
+    """The `loss` group's loss module."""
+    return _instantiate(cfg, "loss")
+
+
+def _call(partial: Any, group: str, *args: Any) -> Any:
+    """Call an instantiated ``_partial_`` with what only the run knows; a wrong value is one line."""
+    try:
+        return partial(*args)
+    except (TypeError, ValueError) as err:
+        raise PetsegError(f"{group}: {err}") from None
+
+
 def _sync_batchnorm(model: nn.Module, wanted: bool, dist: DistInfo, device: torch.device) -> nn.Module:
     if not wanted:
         return model
@@ -63,6 +101,7 @@ def _sync_batchnorm(model: nn.Module, wanted: bool, dist: DistInfo, device: torc
 def build(cfg: DictConfig, dist: DistInfo = SINGLE) -> Built:
     """Seed, set up the runtime, and build every object of a training run from ``cfg``."""
     t = cfg.trainer
+    loss_fn = build_loss(cfg.loss)
     seed_everything(int(t.seed), bool(t.deterministic))  # before the model: its init draws from torch
     runtime = setup_runtime(t, dist)
     model = runtime.prepare(build_model(**cfg.model))
@@ -99,7 +138,7 @@ def build(cfg: DictConfig, dist: DistInfo = SINGLE) -> Built:
         steps_per_epoch=steps_per_epoch,
         optimizer=optimizer,
         scheduler=build_scheduler(cfg.sched, optimizer, steps_per_epoch, int(t.epochs)),
-        loss_fn=build_loss(cfg.loss),
+        loss_fn=loss_fn,
         scaler=torch.amp.GradScaler(runtime.device.type, enabled=runtime.amp_dtype == torch.float16),
         thread_tuner=tuner_for(t, runtime.device, dist.enabled),
     )

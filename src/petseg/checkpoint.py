@@ -16,12 +16,13 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from models import build_model
 from petseg.cli import is_multirun
 from petseg.errors import PetsegError
+from petseg.upgrade import upgrade_config
 
 log = logging.getLogger("petseg.train")
 
@@ -140,7 +141,8 @@ def model_from_checkpoint(ckpt: dict[str, Any], expected_name: str | None = None
     Weights that do not fit that model (another architecture or width, an altered file) are a
     PetsegError that says how many tensors are missing, unexpected or of another shape.
     """
-    model_cfg = dict(ckpt["config"]["model"])
+    model_cfg = OmegaConf.to_container(upgrade_config(ckpt["config"]).model, resolve=True)
+    assert isinstance(model_cfg, dict)
     name = model_cfg.get("name")
     if expected_name is not None and name != expected_name:
         raise PetsegError(f"checkpoint holds a '{name}' model, but the config asks for '{expected_name}'")

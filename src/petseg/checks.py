@@ -6,16 +6,13 @@ train.py prints it and exits with code 2.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from models import available_models, check_input_size
-from petseg.cli import CONFIG_DIR, config_options, unknown_option_message
 from petseg.errors import PetsegError
-from petseg.optim import OPTIMIZERS, SCHEDULES
 
 
 def _positive(value: object, key: str, kind: type = float) -> None:
@@ -37,27 +34,6 @@ def _non_negative_int(value: object, key: str) -> None:
         raise PetsegError(f"{key} must be an integer >= 0, got {value!r}")
 
 
-def check_choices(choices: Mapping[str, str | None]) -> None:
-    """Every chosen option of our config groups exists.
-
-    Hydra rejects a missing option of a required group itself, but an optional one
-    (``experiment=typo``) would be skipped silently and train the default recipe.
-    """
-    for group, option in choices.items():
-        if option is None or group.startswith("hydra") or not (CONFIG_DIR / group).is_dir():
-            continue
-        if not (CONFIG_DIR / group / f"{option}.yaml").is_file():
-            raise PetsegError(unknown_option_message(group, str(option)))
-
-
-def _declared_names(group: str) -> list[str]:
-    """The ``name`` values the YAML files of a config group declare."""
-    names = {
-        OmegaConf.load(CONFIG_DIR / group / f"{option}.yaml").get("name") for option in config_options(group)
-    }
-    return sorted(str(n) for n in names if n is not None)
-
-
 def _validate_trainer(t: DictConfig) -> None:
     from petseg.runtime import AMP_DTYPES
 
@@ -69,11 +45,11 @@ def _validate_trainer(t: DictConfig) -> None:
         raise PetsegError(f"trainer.threshold must be a number strictly between 0 and 1, got {threshold!r}")
     if t.grad_clip is not None:
         _positive(t.grad_clip, "trainer.grad_clip")
-    if t.get("threads") != "auto":
-        _optional_positive_int(t.get("threads"), "trainer.threads (or auto)")
+    if t.threads != "auto":
+        _optional_positive_int(t.threads, "trainer.threads (or auto)")
     for key in ("limit_train_batches", "limit_val_batches"):
-        _optional_positive_int(t.get(key), f"trainer.{key}")
-    _optional_positive_int(t.checkpoint.get("every_n_steps"), "trainer.checkpoint.every_n_steps")
+        _optional_positive_int(t[key], f"trainer.{key}")
+    _optional_positive_int(t.checkpoint.every_n_steps, "trainer.checkpoint.every_n_steps")
     _non_negative_int(t.overlays.count, "trainer.overlays.count")
     _non_negative_int(t.overlays.every_n_epochs or 0, "trainer.overlays.every_n_epochs")
     if str(t.amp) not in ("auto", *AMP_DTYPES):
@@ -90,27 +66,16 @@ def _validate_trainer(t: DictConfig) -> None:
 def check_train_config(cfg: DictConfig) -> None:
     """Raise PetsegError with one clear line for the first user mistake found in a training config.
 
-    Covers names (model, optimizer, schedule, loss), numbers (lr, batch size, epochs, image size the
-    model can take, trainer settings), the augmentation pipeline (built once), and the dataset root
+    Covers the model name, numbers (lr, batch size, epochs, image size the model can take, trainer
+    settings), the augmentation pipeline (built once), and the dataset root
     (exists, has its lists, no test name in train/valid). Group options (``model=foo``) are Hydra's to
-    reject; train.py turns that into the same kind of one-line error.
+    reject; train.py turns that into the same kind of one-line error. The optimiser, schedule and
+    loss arguments are checked where they are built (petseg/build.py), once.
     """
     from oxford_pet import build_transform, check_no_test_leak, check_root
-    from petseg.losses import build_loss
 
     if cfg.model.name not in available_models():
         raise PetsegError(f"unknown model '{cfg.model.name}'; valid: {', '.join(available_models())}")
-    if cfg.optim.name not in OPTIMIZERS:
-        raise PetsegError(f"unknown optimizer '{cfg.optim.name}'; valid: {', '.join(OPTIMIZERS)}")
-    if cfg.sched.name not in SCHEDULES:
-        raise PetsegError(f"unknown schedule '{cfg.sched.name}'; valid: {', '.join(SCHEDULES)}")
-    losses = _declared_names("loss")
-    if cfg.loss.get("name") not in losses:
-        raise PetsegError(f"unknown loss '{cfg.loss.get('name')}'; valid: {', '.join(losses)}")
-    try:
-        build_loss(cfg.loss)
-    except (ValueError, TypeError) as err:
-        raise PetsegError(f"loss '{cfg.loss.name}': {err}") from None
     _positive(cfg.optim.lr, "optim.lr")
     _positive(cfg.data.batch_size, "data.batch_size", int)
     _non_negative_int(cfg.data.num_workers, "data.num_workers")

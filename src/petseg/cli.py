@@ -29,6 +29,7 @@ GROUP_WORDS = {
     "trainer": "trainer config",
     "experiment": "experiment",
     "hparams_search": "hyper-parameter search",
+    "debug": "debug recipe",
 }
 
 

@@ -1,10 +1,9 @@
-"""Segmentation losses built from the `loss` config group."""
+"""Segmentation losses: the ``_target_`` of the `loss` config group (weights in its YAML)."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig
 from torch import nn
 
 
@@ -23,7 +22,7 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0)
 class SegmentationLoss(nn.Module):
     """bce_weight * BCE-with-logits + dice_weight * soft Dice loss."""
 
-    def __init__(self, bce_weight: float = 1.0, dice_weight: float = 1.0) -> None:
+    def __init__(self, bce_weight: float, dice_weight: float) -> None:
         super().__init__()
         if bce_weight < 0 or dice_weight < 0 or bce_weight + dice_weight == 0:
             raise ValueError("loss weights must be >= 0 and not both 0")
@@ -38,8 +37,3 @@ class SegmentationLoss(nn.Module):
         if self.dice_weight:
             loss = loss + self.dice_weight * soft_dice_loss(logits, target)
         return loss
-
-
-def build_loss(cfg: DictConfig) -> SegmentationLoss:
-    """The loss named by the `loss` group; its weights come from the YAML."""
-    return SegmentationLoss(bce_weight=float(cfg.bce_weight), dice_weight=float(cfg.dice_weight))

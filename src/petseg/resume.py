@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from petseg.checkpoint import load_checkpoint
 from petseg.cli import hydra_quote, is_multirun
 from petseg.errors import PetsegError
+from petseg.upgrade import upgrade_config
 
 log = logging.getLogger("petseg.train")
 
@@ -163,8 +164,8 @@ def config_for_resume(cfg: DictConfig, overrides: list[str]) -> DictConfig:
     replace the checkpoint's values. Any other override must agree with the checkpoint (repeating the
     original command line is fine), else this is a PetsegError listing each conflict: silently training
     a different recipe into the same run dir would make its history and TensorBoard curves lie.
-    trainer.* keys the checkpoint predates take today's defaults. Also a PetsegError: a weights-only
-    file, a run that already trained all its epochs, a multirun.
+    Keys the checkpoint predates take today's YAML defaults (``upgrade.upgrade_config``). Also a
+    PetsegError: a weights-only file, a run that already trained all its epochs, a multirun.
     """
     path = resolve_resume(cfg.trainer.resume)
     if is_multirun():
@@ -172,7 +173,8 @@ def config_for_resume(cfg: DictConfig, overrides: list[str]) -> DictConfig:
     ckpt = load_checkpoint(path, mmap=True)  # only the config and progress are read here
     if "optimizer" not in ckpt or "progress" not in ckpt:
         raise PetsegError(f"{path} holds weights only (an exported model); resume from a run's last.pth")
-    saved = ckpt["config"]
+    saved = OmegaConf.to_container(upgrade_config(ckpt["config"]), resolve=True)
+    assert isinstance(saved, dict)
     conflicts = _conflicts(OmegaConf.to_container(cfg, resolve=True), saved, overrides)
     if conflicts:
         shown = ", ".join(f"{k}={a!r} (checkpoint: {s!r})" for k, a, s in conflicts[:6])
@@ -188,8 +190,6 @@ def config_for_resume(cfg: DictConfig, overrides: list[str]) -> DictConfig:
         if _may_change(key)
     }
     effective = OmegaConf.create(saved)
-    today = OmegaConf.create(OmegaConf.to_container(cfg.trainer, resolve=True))
-    effective.trainer = OmegaConf.merge(today, effective.trainer)
     for key, value in changed.items():
         OmegaConf.update(effective, key, value, force_add=True)
     effective.trainer.resume = str(cfg.trainer.resume)

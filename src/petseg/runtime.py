@@ -132,14 +132,14 @@ def setup_runtime(trainer: DictConfig, dist: DistInfo = SINGLE) -> Runtime:
     under DDP, this rank: its own GPU), and apply the process-wide ones: torch's thread count, malloc's
     retention of freed memory, cuDNN's autotuner."""
     device = device_for(dist, resolve_device(str(trainer.device)))
-    if trainer.get("threads") not in (None, "auto"):  # auto: all cores, tuned by thread_tuner in training
+    if trainer.threads not in (None, "auto"):  # auto: all cores, tuned by thread_tuner in training
         torch.set_num_threads(int(trainer.threads))
     if device.type == "cuda" and not torch.cuda.is_available():
         raise PetsegError(
             f"trainer.device={trainer.device} but CUDA is not available here; use trainer.device=auto"
         )
     auto_amp, auto_layout, auto_why = _auto_amp_layout(device)
-    amp = str(trainer.get("amp", "auto"))
+    amp = str(trainer.amp)
     why = []
     if amp == "auto":
         amp = auto_amp
@@ -156,7 +156,7 @@ def setup_runtime(trainer: DictConfig, dist: DistInfo = SINGLE) -> Runtime:
         why.insert(0, f"auto: {auto_why}")
     # No 'auto': compiling is opt-in on every device. The first steps pay a compile of minutes (more
     # on a small CPU), and inductor needs a C++ compiler (CPU) or Triton (CUDA) a plain install may lack.
-    compile_model = bool(_auto_bool(trainer, "compile", default=False, allow_auto=False))
+    compile_model = bool(_auto_bool(trainer, "compile", allow_auto=False))
     # On CPU, activations live in host memory: keep freed blocks instead of re-faulting them every
     # step (retain_freed_memory). On accelerators host allocations are small; leave malloc alone.
     retain = _auto_bool(trainer, "retain_host_memory")
@@ -166,7 +166,7 @@ def setup_runtime(trainer: DictConfig, dist: DistInfo = SINGLE) -> Runtime:
     # Fixed input sizes: let cuDNN time its kernels once and keep the fastest. Its choice may differ
     # from run to run, so auto turns it off when determinism is asked.
     benchmark = _auto_bool(trainer, "cudnn_benchmark")
-    deterministic = bool(trainer.get("deterministic", False))
+    deterministic = bool(trainer.deterministic)
     if benchmark and deterministic:
         raise PetsegError("trainer.cudnn_benchmark=true contradicts trainer.deterministic=true; drop one")
     if device.type == "cuda":
@@ -181,12 +181,10 @@ def setup_runtime(trainer: DictConfig, dist: DistInfo = SINGLE) -> Runtime:
     )
 
 
-def _auto_bool(
-    trainer: DictConfig, key: str, default: bool | str = "auto", allow_auto: bool = True
-) -> bool | None:
+def _auto_bool(trainer: DictConfig, key: str, allow_auto: bool = True) -> bool | None:
     """trainer.<key> as True/False, or None for 'auto' (and null); anything else is a user error: a
     typo such as 'flase', or 'auto' where none is allowed, would otherwise count as true."""
-    value = trainer.get(key, default)
+    value = trainer[key]
     if isinstance(value, bool):
         return value
     if allow_auto and (value is None or value == "auto"):

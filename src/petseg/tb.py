@@ -10,6 +10,7 @@ shows its settings), the metrics and the session end when training finishes.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -38,16 +39,22 @@ KEYS = (
 HParam = bool | int | float | str
 
 
-def hparam_values(cfg: DictConfig) -> dict[str, HParam]:
-    """The config's hyperparameters as flat ``group.key`` -> bool/int/float/str (TensorBoard's types)."""
+def hparam_values(cfg: DictConfig, choices: Mapping[str, str] | None = None) -> dict[str, HParam]:
+    """The config's hyperparameters as flat ``group.key`` -> bool/int/float/str (TensorBoard's types),
+    led by the option chosen in each group (``choices``: Hydra's, e.g. {"optim": "adamw"})."""
     container = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(container, dict)
     flat: dict[str, HParam] = {}
 
+    for group, option in (choices or {}).items():
+        if group in GROUPS:
+            flat[group] = str(option)
+
     def add(key: str, value: Any) -> None:
         if isinstance(value, dict):
             for sub, inner in value.items():
-                add(f"{key}.{sub}", inner)
+                if sub not in ("_target_", "_partial_"):  # the option name above says it
+                    add(f"{key}.{sub}", inner)
         elif isinstance(value, bool | int | float | str):
             flat[key] = value
         else:  # None, lists (betas, decoder widths): shown as text
@@ -62,8 +69,10 @@ def hparam_values(cfg: DictConfig) -> dict[str, HParam]:
     return flat
 
 
-def write_hparams_start(writer: SummaryWriter, cfg: DictConfig) -> None:
-    experiment, session_start, _ = hparams(hparam_values(cfg), dict.fromkeys(METRICS, 0.0))
+def write_hparams_start(
+    writer: SummaryWriter, cfg: DictConfig, choices: Mapping[str, str] | None = None
+) -> None:
+    experiment, session_start, _ = hparams(hparam_values(cfg, choices), dict.fromkeys(METRICS, 0.0))
     writer.file_writer.add_summary(experiment)
     writer.file_writer.add_summary(session_start)
     writer.flush()

@@ -95,8 +95,8 @@ def tuner_for(trainer: Any, device: torch.device, distributed: bool) -> ThreadTu
     """The tuner ``trainer.threads: auto`` asks for on this run, or None: only for CPU training in one
     process (torchrun's processes already split the cores), with more than one core, and not under
     trainer.deterministic (results may depend on the thread count)."""
-    if trainer.get("threads") != "auto" or device.type != "cpu" or distributed:
+    if trainer.threads != "auto" or device.type != "cpu" or distributed:
         return None
-    if trainer.get("deterministic", False) or torch.get_num_threads() < 2:
+    if trainer.deterministic or torch.get_num_threads() < 2:
         return None
     return ThreadTuner((torch.get_num_threads(), 1), torch.set_num_threads)

@@ -25,6 +25,7 @@ import logging
 import math
 import signal
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -125,6 +126,7 @@ class Trainer:
         run_dir: Path,
         dist: DistInfo = SINGLE,
         stop: StopSignals | None = None,
+        choices: Mapping[str, str] | None = None,
     ) -> None:
         self.cfg, self.built, self.run_dir, self.dist = cfg, built, Path(run_dir), dist
         # Only a flag that handlers set: a Trainer used without fit() just never sees a signal.
@@ -138,6 +140,7 @@ class Trainer:
         self.val_targets = ReferenceTargets.of(built.val_set, keep=True)
         self.progress = Progress()
         self.resumed_from: Path | None = None
+        self.choices = dict(choices or {})  # the option of each config group (HParams tab, checkpoints)
 
     # ------------------------------------------------------------------------------------ the step
     def train_step(self, batch: dict[str, Any]) -> torch.Tensor:
@@ -236,7 +239,7 @@ class Trainer:
         purge = self.progress.epoch + 1 if self.resumed_from is not None else None
         writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=purge) if self.dist.is_main else None
         if writer is not None:
-            write_hparams_start(writer, self.cfg)
+            write_hparams_start(writer, self.cfg, self.choices)
         started = time.time()
         try:
             for epoch in range(self.progress.epoch, epochs):
@@ -281,6 +284,7 @@ class Trainer:
             "train_images": len(self.built.train_set),
             "world_size": self.dist.world_size,
             "runtime": self.runtime.describe(),  # what the 'auto' settings became, and why
+            "choices": self.choices,
         }
 
     def load_state_dict(self, ckpt: dict[str, Any]) -> None:
@@ -302,6 +306,7 @@ class Trainer:
             reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
             raise PetsegError(f"{path} cannot be resumed by this run: {reason[:200]}") from None
         self.resumed_from = path
+        self.choices = dict(ckpt.get("choices") or self.choices)  # the original run's, not this command's
         log.info("resumed from %s %s", path, self._where())
 
     # ------------------------------------------------------------------------------------ helpers
@@ -392,7 +397,7 @@ def _describe(cfg: DictConfig, built: Built, dist: DistInfo) -> str:
     )
 
 
-def fit(cfg: DictConfig, run_dir: str | Path) -> float:
+def fit(cfg: DictConfig, run_dir: str | Path, choices: Mapping[str, str] | None = None) -> float:
     """Train as the config says, in ``run_dir``; returns the best validation Dice.
 
     Signal handling starts before the setup, so a Ctrl-C while data and model load also ends in a
@@ -412,7 +417,7 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> float:
                 for leftover in remove_partial_writes(run_dir):
                     log.info("removed %s, left by a save that was killed", leftover.name)
             built = build(cfg, dist)
-            trainer = Trainer(cfg, built, run_dir, dist, stop)
+            trainer = Trainer(cfg, built, run_dir, dist, stop, choices)
             if cfg.trainer.resume:
                 trainer.resume(resolve_resume(cfg.trainer.resume))
             log.info("%s", _describe(cfg, built, dist))
