@@ -44,8 +44,7 @@ def worker(args: argparse.Namespace) -> None:
     from omegaconf import OmegaConf
 
     from models import build_model
-    from petseg.losses import build_loss
-    from petseg.optim import build_optimizer
+    from petseg.build import build_loss, build_optimizer
     from petseg.runtime import setup_runtime
 
     if os.environ.get("PETSEG_BENCH_THREADS"):

@@ -163,7 +163,7 @@ def plain_loop(args: argparse.Namespace) -> None:
     from evaluate import ReferenceTargets, evaluate
     from models import build_model
     from oxford_pet import build_transform, present_names, split_names
-    from petseg.losses import build_loss
+    from petseg.build import build_loss
     from petseg.runtime import Runtime
 
     torch.manual_seed(args.seed)

@@ -71,8 +71,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from models import build_model  # noqa: E402
-from petseg.losses import build_loss  # noqa: E402  (needs src/ on sys.path first)
-from petseg.optim import FUSED_ADAMW_DEVICES, build_optimizer  # noqa: E402
+from petseg.build import build_loss, build_optimizer  # noqa: E402  (needs src/ on sys.path first)
+from petseg.optim import FUSED_ADAMW_DEVICES  # noqa: E402
 from petseg.runtime import Runtime, setup_runtime  # noqa: E402
 from utils import resolve_device  # noqa: E402
 
