@@ -8,7 +8,7 @@ is reported, so a machine that is busy with something else slows both alike. The
 timed separately and excluded.
 
 Items leave the workers as uint8 and the main process expands each batch to the float batch training
-reads (oxford_pet.CompactLoader, what build_dataloader returns with workers); ``--transports uint8
+reads (loaders.CompactLoader, what build_dataloader returns with workers); ``--transports uint8
 float`` also times the former path (float items through shared memory), each on the same datasets.
 
     .venv/bin/python benchmarks/loader.py                       # shared partial copy, 256 px, 2 workers
@@ -33,7 +33,8 @@ sys.path.insert(0, str(REPO / "src"))
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
-from oxford_pet import build_dataloader, build_dataset  # noqa: E402  (needs src/ on sys.path first)
+from oxford_pet import build_dataset  # noqa: E402  needs src/ on sys.path first
+from petseg.loaders import build_dataloader  # noqa: E402
 
 MODES = ("decode", "cache")
 TRANSPORTS = ("uint8", "float")  # how items leave the workers: build_dataloader(compact=True / False)

@@ -162,9 +162,10 @@ def plain_loop(args: argparse.Namespace) -> None:
 
     from evaluate import ReferenceTargets, evaluate
     from models import build_model
-    from oxford_pet import build_transform, present_names, split_names
+    from oxford_pet import present_names, split_names
     from petseg.build import build_loss
     from petseg.runtime import Runtime
+    from petseg.transforms import build_transform
 
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)

@@ -94,7 +94,7 @@ class ReferenceTargets:
     @classmethod
     def of(cls, dataset: Any, keep: bool = True) -> ReferenceTargets:
         """Targets of an OxfordPetDataset (also inside a Subset or similar wrapper)."""
-        from oxford_pet import _pet_dataset
+        from petseg.loaders import _pet_dataset
 
         pet = _pet_dataset(dataset)
         if pet is None or not hasattr(pet, "load_mask"):
@@ -235,8 +235,9 @@ def format_protocols(protocols: dict[str, dict[str, float]], image_size: int | N
 # ------------------------------------------------------------------------------------------ command
 def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
     """Load a checkpoint, rebuild its data pipeline for ``cfg.split`` and score it by every protocol."""
-    from oxford_pet import build_dataloader, build_dataset
+    from oxford_pet import build_dataset
     from petseg.checkpoint import load_checkpoint, model_from_checkpoint
+    from petseg.loaders import build_dataloader
     from petseg.runtime import setup_runtime
     from petseg.upgrade import upgrade_config
 

@@ -46,9 +46,9 @@ class Predictor:
     def __init__(
         self, ckpt: dict[str, Any], device: str = "auto", threshold: float = 0.5, tta: bool = False
     ) -> None:
-        from oxford_pet import build_transform
         from petseg.checkpoint import model_from_checkpoint
         from petseg.runtime import setup_runtime
+        from petseg.transforms import build_transform
         from petseg.upgrade import upgrade_config
 
         self.config = upgrade_config(ckpt["config"])
@@ -66,7 +66,7 @@ class Predictor:
     def predict(self, image: np.ndarray) -> np.ndarray:
         """Binary mask (H, W) for an RGB uint8 image (H, W, 3) of any size."""
         from evaluate import predict_logits, resize_logits
-        from oxford_pet import to_model_input
+        from petseg.transforms import to_model_input
 
         resized = self.transform(image=image)["image"]
         batch = self.runtime.to_input(to_model_input(resized, self.mean, self.std)[None])
@@ -194,7 +194,8 @@ def predict_files(predictor: Predictor, files: list[Path], out_dir: Path) -> tup
 def predict_split(predictor: Predictor, cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     """Predict every image of a split, writing outputs at original size, and score it with evaluate()."""
     from evaluate import evaluate, merge_data_overrides, resize_logits
-    from oxford_pet import build_dataloader, build_dataset, image_path, read_image
+    from oxford_pet import build_dataset, image_path, read_image
+    from petseg.loaders import build_dataloader
 
     data_cfg = merge_data_overrides(predictor.config.data, cfg.data)
     dataset = build_dataset(data_cfg, predictor.config.aug, cfg.split)

@@ -12,8 +12,10 @@ import pytest
 from omegaconf import OmegaConf
 
 import oxford_pet
-from oxford_pet import build_train_transforms, build_transform, read_trimap, seed_transform, trimap_to_mask
+from oxford_pet import read_trimap, trimap_to_mask
+from petseg import transforms
 from petseg.errors import PetsegError
+from petseg.transforms import build_train_transforms, build_transform, seed_transform
 
 AUG = Path(__file__).resolve().parents[1] / "configs" / "aug"
 SIZE = 128
@@ -26,7 +28,7 @@ def _leaves(config: str) -> list[A.BasicTransform]:
     """Every transform of a config's train list, OneOf & co. unpacked, each forced to apply (p=1)."""
     leaves = []
     for t in build_train_transforms(OmegaConf.load(AUG / f"{config}.yaml")):
-        for part in oxford_pet._walk(t):
+        for part in transforms._walk(t):
             if isinstance(part, A.BasicTransform):
                 part = copy.deepcopy(part)
                 part.p = 1.0
@@ -71,7 +73,7 @@ def _centroid(a: np.ndarray) -> np.ndarray:
 def test_geometric_transform_keeps_image_and_mask_aligned(
     config: str, index: int, masks: list[np.ndarray]
 ) -> None:
-    transform = A.Compose([_leaves(config)[index], oxford_pet.resize_transform(SIZE)])
+    transform = A.Compose([_leaves(config)[index], transforms.resize_transform(SIZE)])
     moved = 0
     for seed in SEEDS:
         seed_transform(transform, seed)
@@ -87,7 +89,7 @@ def test_geometric_transform_keeps_image_and_mask_aligned(
             # resize of the mask puts it ~0.5 px right and down of its image: test_protocols.py).
             offset = np.abs(_centroid(out["image"][..., 0]) - _centroid(out["mask"])).max()
             assert offset < 0.35, f"seed {seed}: mask centroid {offset:.2f} px away from the image's"
-            still = oxford_pet.resize_transform(SIZE)(image=image, mask=mask)["mask"]
+            still = transforms.resize_transform(SIZE)(image=image, mask=mask)["mask"]
             moved += not np.array_equal(out["mask"], still)
     assert moved, "the transform never changed the mask: the check above proves nothing"
 

@@ -14,8 +14,10 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 import oxford_pet
-from oxford_pet import OxfordPetDataset, build_dataloader, build_dataset
+from oxford_pet import OxfordPetDataset, build_dataset
+from petseg import transforms
 from petseg.errors import PetsegError
+from petseg.loaders import build_dataloader
 
 ROOT = Path(__file__).resolve().parents[1]
 AUG = ROOT / "configs" / "aug" / "default.yaml"
@@ -208,15 +210,15 @@ def test_unwritable_cache_dir_is_a_user_error(sample_root: Path, tmp_path: Path)
 def test_table_normalisation_is_bit_identical_to_to_model_input(mean: tuple, std: tuple) -> None:
     # Items are normalised through a lookup table (faster); inference uses to_model_input: they must agree.
     rng = np.random.default_rng(0)
-    lut = oxford_pet._normalise_lut(mean, std)
+    lut = transforms.normalise_lut(mean, std)
     for shape in [(256, 256, 3), (37, 53, 3), (1, 1, 3)]:
         image = rng.integers(0, 256, shape, dtype=np.uint8)
         assert torch.equal(
-            oxford_pet._lookup_input(image, lut, mean, std), oxford_pet.to_model_input(image, mean, std)
+            transforms.lookup_input(image, lut, mean, std), transforms.to_model_input(image, mean, std)
         )
     floats = rng.random((8, 8, 3), dtype=np.float32) * 255  # not uint8: the arithmetic, as before
     assert torch.equal(
-        oxford_pet._lookup_input(floats, lut, mean, std), oxford_pet.to_model_input(floats, mean, std)
+        transforms.lookup_input(floats, lut, mean, std), transforms.to_model_input(floats, mean, std)
     )
 
 

@@ -1,4 +1,4 @@
-"""build_dataloader's workers send uint8 items that the main process expands (oxford_pet.CompactLoader):
+"""build_dataloader's workers send uint8 items that the main process expands (loaders.CompactLoader):
 the batches must be exactly those of the plain float items collated, for every consumer."""
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, Subset, default_collate
 
 import oxford_pet
-from oxford_pet import CompactLoader, build_dataloader, build_dataset, expand_batch
+from oxford_pet import build_dataset
+from petseg.loaders import CompactLoader, build_dataloader, expand_batch
 
 REPO = Path(__file__).resolve().parents[1]
 AUG = REPO / "configs" / "aug"

@@ -13,8 +13,9 @@ from omegaconf import OmegaConf
 
 from curves import read_scalars
 from evaluate import evaluate, interleave_shards
-from oxford_pet import build_dataloader, build_dataset
+from oxford_pet import build_dataset
 from petseg.checkpoint import load_checkpoint, model_from_checkpoint
+from petseg.loaders import build_dataloader
 from petseg.runtime import setup_runtime
 from petseg.sampler import EpochSampler, ShardSampler
 from test_e2e import ROOT, run, tiny_overrides

@@ -14,16 +14,10 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 import oxford_pet
-from oxford_pet import (
-    OxfordPetDataset,
-    build_dataloader,
-    build_dataset,
-    read_image,
-    read_trimap,
-    split_names,
-    trimap_to_mask,
-)
+from oxford_pet import OxfordPetDataset, build_dataset, read_image, read_trimap, split_names, trimap_to_mask
+from petseg import loaders, transforms
 from petseg.errors import PetsegError
+from petseg.loaders import build_dataloader
 
 REPO = Path(__file__).resolve().parents[1]
 CLI = REPO / "src" / "oxford_pet.py"
@@ -111,7 +105,7 @@ def test_mask_mapping_pixel_by_pixel_on_a_real_trimap(sample_root: Path) -> None
     # The item's mask is the same mapping after a nearest-neighbour resize.
     ds = OxfordPetDataset(sample_root, "train", image_size=SIZE)
     item = _item(ds, SAMPLE_TRAIN_FIRST)
-    expected = oxford_pet.resize_transform(SIZE)(image=np.zeros((*mask.shape, 3), np.uint8), mask=mask)[
+    expected = transforms.resize_transform(SIZE)(image=np.zeros((*mask.shape, 3), np.uint8), mask=mask)[
         "mask"
     ]
     assert np.array_equal(item["mask"][0].numpy(), expected.astype(np.float32))
@@ -308,7 +302,7 @@ def test_dataloader_with_workers_is_reproducible(sample_root: Path) -> None:
     cfg = _data_cfg(sample_root, batch_size=4, num_workers=2)
     train = build_dataset(cfg, OmegaConf.load(AUG / "default.yaml"), "train")
     loader = build_dataloader(train, cfg, train=True, seed=7)
-    assert loader.persistent_workers and loader.worker_init_fn is oxford_pet.compact_worker_init_fn
+    assert loader.persistent_workers and loader.worker_init_fn is loaders.compact_worker_init_fn
     names_a, images_a = _epoch(loader)
     names_b, images_b = _epoch(build_dataloader(train, cfg, train=True, seed=7))
     assert names_a == names_b

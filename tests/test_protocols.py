@@ -16,8 +16,10 @@ from torch import nn
 
 import oxford_pet
 from evaluate import ReferenceTargets, check_tta, evaluate, predict_logits
-from oxford_pet import build_dataloader, build_dataset, reference_mask
+from oxford_pet import build_dataset, reference_mask
+from petseg import transforms
 from petseg.errors import PetsegError
+from petseg.loaders import build_dataloader
 from petseg.runtime import setup_runtime
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -180,7 +182,7 @@ def real_masks(sample_root: Path) -> list[np.ndarray]:
 
 @pytest.mark.parametrize("size", [96, 128, 256])
 def test_project_masks_equal_pil_nearest_pixel_for_pixel(size: int, real_masks: list[np.ndarray]) -> None:
-    resize = oxford_pet.resize_transform(size)
+    resize = transforms.resize_transform(size)
     for mask in real_masks:
         image = np.zeros((*mask.shape, 3), dtype=np.uint8)
         ours = resize(image=image, mask=mask)["mask"]
@@ -216,7 +218,7 @@ def _misalignment(transform, mask: np.ndarray) -> float:
 @pytest.mark.parametrize("size", [32, 96, 256])
 def test_resized_mask_sits_on_its_image(size: int, real_masks: list[np.ndarray]) -> None:
     """The old top-left rule (cv2.INTER_NEAREST) put masks 0.4-0.6 px off here; centre-aligned is < 0.2."""
-    ours = [_misalignment(oxford_pet.resize_transform(size), m) for m in real_masks[:4]]
+    ours = [_misalignment(transforms.resize_transform(size), m) for m in real_masks[:4]]
     assert max(ours) < 0.3, ours
     old = A.Resize(size, size, mask_interpolation=cv2.INTER_NEAREST, area_for_downscale="image", p=1.0)
     assert min(_misalignment(old, m) for m in real_masks[:4]) > 0.3  # the check can fail
@@ -231,7 +233,7 @@ def test_user_resize_in_the_augmentation_is_made_centre_aligned() -> None:
             ],
         }
     )
-    (scale,) = oxford_pet.build_train_transforms(aug)
+    (scale,) = transforms.build_train_transforms(aug)
     assert scale.mask_interpolation == cv2.INTER_NEAREST_EXACT
 
 

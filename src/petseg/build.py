@@ -19,9 +19,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from models import build_model
-from oxford_pet import OxfordPetDataset, build_dataloader, build_dataset
+from oxford_pet import OxfordPetDataset, build_dataset
 from petseg.distributed import SINGLE, DistInfo, wrap_model
 from petseg.errors import PetsegError
+from petseg.loaders import build_dataloader
 from petseg.runtime import Runtime, setup_runtime
 from petseg.signals import shield_workers
 from petseg.thread_tuner import ThreadTuner, tuner_for

@@ -72,7 +72,8 @@ def check_train_config(cfg: DictConfig) -> None:
     reject; train.py turns that into the same kind of one-line error. The optimiser, schedule and
     loss arguments are checked where they are built (petseg/build.py), once.
     """
-    from oxford_pet import build_transform, check_no_test_leak, check_root
+    from oxford_pet import check_no_test_leak, check_root
+    from petseg.transforms import build_transform
 
     if cfg.model.name not in available_models():
         raise PetsegError(f"unknown model '{cfg.model.name}'; valid: {', '.join(available_models())}")
