@@ -17,22 +17,12 @@ TAGS = ("train/dice", "val/dice")
 
 def read_scalars(run_dir: str | Path, tags: tuple[str, ...] = TAGS) -> dict[str, list[tuple[int, float]]]:
     """{tag: [(epoch, value), ...]} from every event file under run_dir (later writes win)."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from petseg.tb import read_events
 
-    run_dir = Path(run_dir)
-    files = sorted(run_dir.rglob("events.out.tfevents.*"), key=lambda f: f.stat().st_mtime)
-    if not files:
+    if not any(Path(run_dir).rglob("events.out.tfevents.*")):
         raise PetsegError(f"no TensorBoard event files under {run_dir}")
-    series: dict[str, dict[int, float]] = {tag: {} for tag in tags}
-    for file in files:
-        acc = EventAccumulator(str(file), size_guidance={"scalars": 0})
-        acc.Reload()
-        available = set(acc.Tags().get("scalars", []))
-        for tag in tags:
-            if tag in available:
-                for event in acc.Scalars(tag):
-                    series[tag][event.step] = event.value
-    return {tag: sorted(points.items()) for tag, points in series.items()}
+    events = read_events(run_dir)
+    return {tag: sorted((step, value) for step, (value, _) in events.get(tag, {}).items()) for tag in tags}
 
 
 def plot_curves(run_dirs: list[Path], labels: list[str], out: Path, title: str = "Dice per epoch") -> Path:

@@ -31,13 +31,12 @@ from torch import nn
 from tqdm import tqdm
 
 from petseg.errors import PetsegError
+from petseg.pictures import grid, overlay
 from petseg.runtime import Runtime
-from utils import binarize, overlay
+from utils import binarize
 
 GRID_MAX_IMAGES = 16
 GRID_TILE = 256
-# Rows tinted at a time: bounds the temporaries of a 48 MP photo to a few MB.
-OVERLAY_ROWS = 256
 
 
 class Predictor:
@@ -75,24 +74,6 @@ class Predictor:
         return binarize(full, self.threshold)[0, 0].cpu().numpy()
 
 
-def overlay_rows(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """The same pixels as ``utils.overlay``, without its full-size float32 copies (~1.7 GB for 48 MP).
-
-    A tinted pixel depends only on its own value, channel by channel, so ``overlay`` is applied once
-    to the 256 possible values and the result used as a lookup table, a band of rows at a time.
-    """
-    values = np.repeat(np.arange(256, dtype=np.uint8)[:, None, None], 3, axis=2)  # (256, 1, 3)
-    table = overlay(values, np.ones((256, 1), dtype=bool))[:, 0, :]  # table[v, c]: v tinted in channel c
-    tinted = image.copy()
-    fg = mask.astype(bool, copy=False)
-    for top in range(0, image.shape[0], OVERLAY_ROWS):
-        band, inside = tinted[top : top + OVERLAY_ROWS], fg[top : top + OVERLAY_ROWS]
-        for c in range(3):
-            channel = band[..., c]  # a view: assigning into it writes tinted
-            channel[inside] = table[channel[inside], c]
-    return tinted
-
-
 def thumbnail(picture: np.ndarray) -> np.ndarray:
     """A copy that fits a grid tile: the grid never needs the full-size overlays kept in memory."""
     tile = Image.fromarray(picture)
@@ -104,7 +85,7 @@ def write_prediction(out_dir: Path, name: str, image: np.ndarray, mask: np.ndarr
     """Save <name>_mask.png and <name>_overlay.png; return a thumbnail of the overlay for the grid."""
     # bool viewed as uint8 is 0/1 without a copy; times 255 makes the one uint8 copy written.
     Image.fromarray(mask.astype(bool).view(np.uint8) * np.uint8(255)).save(out_dir / f"{name}_mask.png")
-    tinted = overlay_rows(image, mask)
+    tinted = overlay(image, mask)
     Image.fromarray(tinted).save(out_dir / f"{name}_overlay.png")
     return thumbnail(tinted)
 
@@ -113,18 +94,9 @@ def write_grid(out_dir: Path, overlays: list[tuple[str, np.ndarray]]) -> Path | 
     """One picture of up to 16 overlays, 4 per row, each fit into a 256 px square."""
     if not overlays:
         return None
-    overlays = overlays[:GRID_MAX_IMAGES]
-    columns = min(4, len(overlays))
-    rows = (len(overlays) + columns - 1) // columns
-    grid = Image.new("RGB", (columns * GRID_TILE, rows * GRID_TILE), (255, 255, 255))
-    for i, (_name, picture) in enumerate(overlays):
-        tile = Image.fromarray(picture)
-        tile.thumbnail((GRID_TILE, GRID_TILE))
-        x = (i % columns) * GRID_TILE + (GRID_TILE - tile.width) // 2
-        y = (i // columns) * GRID_TILE + (GRID_TILE - tile.height) // 2
-        grid.paste(tile, (x, y))
+    pictures = [picture for _name, picture in overlays[:GRID_MAX_IMAGES]]
     path = out_dir / "grid.png"
-    grid.save(path)
+    Image.fromarray(grid(pictures, min(4, len(pictures)), GRID_TILE)).save(path)
     return path
 
 

@@ -34,19 +34,13 @@ class RunSummary:
 
 def summarise_run(run_dir: Path, sweep_dir: Path) -> RunSummary:
     """One row: a run's own overrides (those shared by the whole sweep are dropped later)."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from petseg.tb import read_events
 
     overrides_file = run_dir / ".hydra" / "overrides.yaml"
     overrides = list(OmegaConf.load(overrides_file)) if overrides_file.is_file() else []
-    points: dict[int, float] = {}
-    times: list[float] = []
-    for events in sorted(run_dir.rglob("events.out.tfevents.*")):
-        acc = EventAccumulator(str(events), size_guidance={"scalars": 0})
-        acc.Reload()
-        if MONITOR in acc.Tags().get("scalars", []):
-            for event in acc.Scalars(MONITOR):
-                points[event.step] = event.value
-        times.extend(e.wall_time for tag in acc.Tags().get("scalars", []) for e in acc.Scalars(tag))
+    events = read_events(run_dir)
+    points = {step: value for step, (value, _) in events.get(MONITOR, {}).items()}
+    times = [wall for series in events.values() for _, wall in series.values()]
     config_file = run_dir / ".hydra" / "config.yaml"
     if config_file.is_file():  # written when the job starts: counts the first epoch too
         times.append(config_file.stat().st_mtime)

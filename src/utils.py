@@ -1,4 +1,4 @@
-"""Small shared pieces: the one Dice implementation, seeding and random states, devices, overlays.
+"""Small shared pieces: the one Dice implementation, seeding and random states, devices.
 
 Dice is defined once here and used by training, validation, evaluation and inference, so every number
 the project prints means the same thing.
@@ -16,9 +16,6 @@ import numpy as np
 import torch
 
 log = logging.getLogger("petseg")
-
-# Colour used to tint predicted foreground in overlays (RGB).
-OVERLAY_COLOUR = (255, 64, 32)
 
 
 # --------------------------------------------------------------------------------------------- Dice
@@ -138,12 +135,3 @@ def denormalize(image: torch.Tensor, mean: list[float], std: list[float]) -> np.
     std_t = torch.tensor(std, dtype=image.dtype, device=image.device).view(3, 1, 1)
     rgb = (image * std_t + mean_t).clamp(0, 1) * 255
     return rgb.round().byte().permute(1, 2, 0).cpu().numpy()
-
-
-def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.45) -> np.ndarray:
-    """Tint the foreground of a binary mask (H, W) over an RGB uint8 image (H, W, 3)."""
-    out = image.astype(np.float32).copy()
-    fg = mask.astype(bool)
-    colour = np.array(OVERLAY_COLOUR, dtype=np.float32)
-    out[fg] = (1 - alpha) * out[fg] + alpha * colour
-    return out.round().clip(0, 255).astype(np.uint8)

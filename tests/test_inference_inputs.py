@@ -18,9 +18,9 @@ from PIL import Image
 
 import inference
 from models import build_model
+from petseg import pictures
 from petseg.checkpoint import save_checkpoint
 from petseg.cli import CONFIG_DIR
-from utils import overlay
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "tests" / "data" / "oxford-iiit-pet"
@@ -36,7 +36,7 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     model = build_model(**cfg.model)
     path = tmp_path_factory.mktemp("ckpt") / "tiny.pth"
     config = OmegaConf.to_container(cfg, resolve=True)
-    return save_checkpoint(path, {"model_name": "unet", "model": model.state_dict(), "config": config})
+    return save_checkpoint(path, {"model": model.state_dict(), "config": config})
 
 
 def make_inputs(folder: Path) -> tuple[dict[str, tuple[int, int]], list[str]]:
@@ -114,8 +114,13 @@ def test_banded_overlay_is_the_same_picture(monkeypatch: pytest.MonkeyPatch):
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (50, 31, 3), dtype=np.uint8)
     mask = rng.random((50, 31)) > 0.5
-    monkeypatch.setattr(inference, "OVERLAY_ROWS", 7)  # several bands and a short last one
-    assert np.array_equal(inference.overlay_rows(image, mask), overlay(image, mask))
+    monkeypatch.setattr(pictures, "OVERLAY_ROWS", 7)  # several bands and a short last one
+    # The tint written out: (1 - alpha) * pixel + alpha * colour on the foreground, rounded.
+    expected = image.astype(np.float32)
+    colour = np.asarray(pictures.OVERLAY_COLOUR, np.float32)
+    expected[mask] = (1 - pictures.OVERLAY_ALPHA) * expected[mask] + pictures.OVERLAY_ALPHA * colour
+    assert np.array_equal(pictures.overlay(image, mask), expected.round().astype(np.uint8))
+    assert np.array_equal(pictures.overlay(image, mask)[~mask], image[~mask])
 
 
 def test_output_names_do_not_collide():

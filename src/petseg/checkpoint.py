@@ -171,7 +171,7 @@ def export_weights(ckpt: dict[str, Any], path: str | Path, half: bool = False) -
     weights = ckpt["model"]
     if half:
         weights = {k: v.half() if v.is_floating_point() else v for k, v in weights.items()}
-    keep = ("config", "epoch", "metrics", "best", "history", "model_name", "runtime", "train_images")
+    keep = ("config", "epoch", "metrics", "best", "history", "runtime", "train_images")
     return save_checkpoint(path, {"model": weights, **{k: ckpt[k] for k in keep if k in ckpt}})
 
 

@@ -136,11 +136,6 @@ def broadcast_object(value: Any, info: DistInfo) -> Any:
     return box[0]
 
 
-def barrier(info: DistInfo) -> None:
-    if info.enabled:
-        dist.barrier()
-
-
 def shutdown(info: DistInfo) -> None:
     if info.enabled and dist.is_initialized():
         dist.destroy_process_group()

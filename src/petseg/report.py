@@ -12,9 +12,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
-from utils import overlay
+from petseg.pictures import comparison_rows
 
 
 def breed_of(name: str) -> str:
@@ -64,16 +64,10 @@ def gallery(
     entries: list[tuple[str, float, np.ndarray, np.ndarray, np.ndarray]], path: Path, tile: int = 160
 ) -> Path:
     """Rows of [image | ground truth | prediction] with the name and Dice written above each row."""
-    label_h = 18
-    canvas = Image.new("RGB", (3 * tile, len(entries) * (tile + label_h)), (255, 255, 255))
-    draw = ImageDraw.Draw(canvas)
-    for row, (name, dice, image, truth, pred) in enumerate(entries):
-        y = row * (tile + label_h)
-        draw.text(
-            (4, y + 3), f"{name}  Dice {dice:.3f}   (image | ground truth | prediction)", fill=(0, 0, 0)
-        )
-        for col, picture in enumerate((image, overlay(image, truth), overlay(image, pred))):
-            canvas.paste(Image.fromarray(picture).resize((tile, tile)), (col * tile, y + label_h))
+    samples = [(image, truth, pred) for _name, _dice, image, truth, pred in entries]
+    captions = [
+        f"{name}  Dice {dice:.3f}   (image | ground truth | prediction)" for name, dice, *_ in entries
+    ]
     path.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(path)
+    Image.fromarray(comparison_rows(samples, tile, captions)).save(path)
     return path

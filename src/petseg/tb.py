@@ -11,6 +11,7 @@ shows its settings), the metrics and the session end when training finishes.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -115,3 +116,19 @@ def write_run_end(
         "hparams/minutes": seconds / 60,  # of this invocation (a resumed run: since the resume)
     }
     write_hparams_end(writer, metrics, int(last.get("epoch", 0)))
+
+
+def read_events(run_dir: str | Path) -> dict[str, dict[int, tuple[float, float]]]:
+    """Every scalar under ``run_dir``: {tag: {step: (value, wall time)}}, from all its event files in
+    the order they were written (a resumed run's later writes win); {} when there are none."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    files = sorted(Path(run_dir).rglob("events.out.tfevents.*"), key=lambda f: f.stat().st_mtime)
+    events: dict[str, dict[int, tuple[float, float]]] = {}
+    for file in files:
+        acc = EventAccumulator(str(file), size_guidance={"scalars": 0})
+        acc.Reload()
+        for tag in acc.Tags().get("scalars", []):
+            for event in acc.Scalars(tag):
+                events.setdefault(tag, {})[event.step] = (event.value, event.wall_time)
+    return events

@@ -55,10 +55,11 @@ from petseg.distributed import (
     shutdown,
 )
 from petseg.errors import PetsegError, TrainingDiverged
+from petseg.pictures import comparison_rows
 from petseg.resume import check_resumable, resolve_resume, resume_command
 from petseg.signals import StopSignals, TrainingInterrupted
 from petseg.tb import write_epoch, write_hparams_start, write_run_end
-from utils import binarize, capture_rng, denormalize, dice_per_image, overlay, restore_rng
+from utils import binarize, capture_rng, denormalize, dice_per_image, restore_rng
 
 log = logging.getLogger("petseg.train")
 
@@ -108,12 +109,6 @@ def epoch_line(record: dict[str, float], epochs: int) -> str:
         f" | val loss {record['val/loss']:.4f} dice_256 {record['val/dice']:.4f} (pooled "
         f"{record['val/dice_pooled']:.4f}, at input size {record['val/dice_input']:.4f})"
     )
-
-
-def overlay_grid(samples: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> np.ndarray:
-    """Rows of [image | ground truth tinted | prediction tinted] as one HWC uint8 picture."""
-    rows = [np.concatenate([img, overlay(img, gt), overlay(img, pred)], axis=1) for img, gt, pred in samples]
-    return np.concatenate(rows, axis=0)
 
 
 class Trainer:
@@ -269,7 +264,6 @@ class Trainer:
         """Everything a checkpoint holds: weights, config, progress, optimiser, schedule, RNG states."""
         p = self.progress
         return {
-            "model_name": self.cfg.model.name,
             "model": self.model.state_dict(),
             "config": OmegaConf.to_container(self.cfg, resolve=True),
             "epoch": p.epoch,
@@ -376,7 +370,7 @@ class Trainer:
             "lr": self.optimizer.param_groups[0]["lr"],
         }
         if writer is not None:
-            write_epoch(writer, record, overlay_grid(samples) if samples else None)
+            write_epoch(writer, record, comparison_rows(samples, len(samples[0][0])) if samples else None)
         improved = self.progress.end_epoch(record, self.cfg.monitor)
         log.info("%s%s", epoch_line(record, int(self.cfg.trainer.epochs)), "  *best*" if improved else "")
         ckpt_cfg = self.cfg.trainer.checkpoint
