@@ -48,9 +48,7 @@ def _lookup(name: str) -> type[nn.Module]:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise PetsegError(
-            f"unknown model {name!r}; available models: {', '.join(available_models())}"
-        ) from None
+        raise PetsegError(f"unknown model {name!r}; valid: {', '.join(available_models())}") from None
 
 
 def build_model(name: str, **kwargs: Any) -> nn.Module:
