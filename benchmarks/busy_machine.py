@@ -4,7 +4,7 @@ On a 2-core machine torch's OpenMP pool has one thread per core. When another pr
 (a second run, an evaluation, a browser), the thread that loses its core holds up every parallel
 region, and with OpenMP's default wait policy the other thread spin-waits for it. Each row runs in a
 fresh process (OpenMP reads its environment once, at load) with the trainer's step under the project's
-runtime defaults (src/petseg/runtime.py; the model's train step as benchmarks/train_speed.py times it), first
+runtime defaults (src/petseg/runtime.py; Trainer.train_step, as benchmarks/train_speed.py times it), first
 alone, then while a pure-Python busy loop (one CPU-bound thread) runs beside it.
 
     .venv/bin/python benchmarks/busy_machine.py --size 128 --batch-size 16 --steps 6
@@ -44,8 +44,9 @@ def worker(args: argparse.Namespace) -> None:
     from omegaconf import OmegaConf
 
     from models import build_model
-    from petseg.build import build_loss, build_optimizer
+    from petseg.build import build_loss, build_optimizer, built_for_step
     from petseg.runtime import setup_runtime
+    from petseg.trainer import Trainer
 
     if os.environ.get("PETSEG_BENCH_THREADS"):
         torch.set_num_threads(int(os.environ["PETSEG_BENCH_THREADS"]))
@@ -55,15 +56,18 @@ def worker(args: argparse.Namespace) -> None:
     model = rt.prepare(build_model(args.model))
     optimizer = build_optimizer(OmegaConf.load(ROOT / "configs" / "optim" / "adamw.yaml"), model, rt.device)
     loss_fn = build_loss(OmegaConf.load(ROOT / "configs" / "loss" / "bce_dice.yaml"))
-    images = rt.to_input(torch.randn(args.batch_size, 3, args.size, args.size))
-    masks = (torch.rand(args.batch_size, 1, args.size, args.size) > 0.5).float()
+    batch = {
+        "image": torch.randn(args.batch_size, 3, args.size, args.size),
+        "mask": (torch.rand(args.batch_size, 1, args.size, args.size) > 0.5).float(),
+    }
+    # The trainer's own step (forward, loss, backward, clip, optimiser step) on a synthetic batch.
+    trainer = Trainer(
+        OmegaConf.create({"trainer": trainer}), built_for_step(rt, model, optimizer, loss_fn), ROOT
+    )
+    model.train()
 
     def step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        with rt.autocast():
-            logits = model(images)
-        loss_fn(logits.float(), masks).backward()
-        optimizer.step()
+        trainer.train_step(batch)
 
     tuner = None
     if os.environ.get("PETSEG_BENCH_TUNER"):

@@ -6,7 +6,8 @@ Rows (``--models`` x ``--variants``):
 * ``default``: what ``python src/train.py`` does on this device: runtime.setup_runtime() on
   configs/trainer/default.yaml (amp / channels_last / retain_host_memory 'auto' resolved here, compile
   as configured), optim.build_optimizer (AdamW, fused on CPU and CUDA), losses.build_loss (BCE + Dice),
-  grad clipping as configured, zero_grad(set_to_none=True): the trainer's step without data loading.
+  grad clipping as configured: ``Trainer.train_step`` itself (src/petseg/trainer.py) on a synthetic
+  batch, with a constant schedule (petseg.build.built_for_step); no data loading.
 * explicit settings joined by '+': ``fp32`` or ``bf16`` (autocast), ``cl`` (channels_last),
   ``compile`` (torch.compile, inductor), e.g. ``fp32+cl`` or ``bf16+cl+compile``; the rest as in
   default (setup_runtime still runs, so retained host memory on CPU applies to these rows too).
@@ -71,9 +72,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from models import build_model  # noqa: E402
-from petseg.build import build_loss, build_optimizer  # noqa: E402  (needs src/ on sys.path first)
+from petseg.build import build_loss, build_optimizer, built_for_step  # noqa: E402  (src/ on sys.path first)
 from petseg.optim import FUSED_ADAMW_DEVICES  # noqa: E402
 from petseg.runtime import Runtime, setup_runtime  # noqa: E402
+from petseg.trainer import Trainer  # noqa: E402
 from utils import resolve_device  # noqa: E402
 
 OURS = ("unet", "resnet34_unet")
@@ -146,6 +148,7 @@ class Row:
     model: nn.Module
     step_model: nn.Module
     optimizer: torch.optim.Optimizer
+    trainer: Trainer | None = None  # ours: the Trainer whose train_step is timed
 
 
 @dataclass
@@ -213,20 +216,20 @@ def row_specs(args: argparse.Namespace) -> list[RowSpec]:
 
 def build_row(spec: RowSpec, args: argparse.Namespace) -> Row:
     """Build ``spec`` in this (worker) process. Only our rows and smp_runtime call setup_runtime."""
-    trainer, optim_cfg, _ = default_configs(args.device)
+    trainer_cfg, optim_cfg, _ = default_configs(args.device)
     lr, weight_decay = float(optim_cfg.lr), float(optim_cfg.weight_decay)
     clip: float | None = None
     if spec.variant == "plain":
         runtime = Runtime(device=resolve_device(args.device))  # torch's defaults, malloc untouched
     else:
-        runtime = variant_runtime("default" if spec.model_name == SMP else spec.variant, trainer)
+        runtime = variant_runtime("default" if spec.model_name == SMP else spec.variant, trainer_cfg)
     torch.manual_seed(0)
     if spec.model_name == SMP:
         smp = import_smp()
         model = smp.Unet(encoder_name="resnet34", encoder_weights=None, in_channels=3, classes=1)
     else:
         model = build_model(spec.model_name)
-        clip = float(trainer.grad_clip) if trainer.grad_clip is not None else None
+        clip = float(trainer_cfg.grad_clip) if trainer_cfg.grad_clip is not None else None
     model = runtime.prepare(model)
     if spec.model_name != SMP:
         optimizer = build_optimizer(optim_cfg, model, runtime.device)
@@ -236,7 +239,13 @@ def build_row(spec: RowSpec, args: argparse.Namespace) -> Row:
     else:
         fused = runtime.device.type in FUSED_ADAMW_DEVICES
         optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, fused=fused)
-    return Row(spec, runtime, clip, model, runtime.compile_model(model), optimizer)
+    trainer = None
+    if spec.model_name != SMP:  # our rows time the trainer's own step
+        cfg = OmegaConf.create({"trainer": OmegaConf.to_container(trainer_cfg, resolve=True)})
+        cfg.trainer.grad_clip = clip
+        built = built_for_step(runtime, model, optimizer, build_loss(default_configs(args.device)[2]))
+        trainer = Trainer(cfg, built, Path("."))
+    return Row(spec, runtime, clip, model, runtime.compile_model(model), optimizer, trainer)
 
 
 def batch(args: argparse.Namespace, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -252,7 +261,12 @@ def sync(device: torch.device) -> None:
 
 
 def train_step(row: Row, loss_fn: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
-    """The trainer's step (src/petseg/trainer.py) minus data loading, metrics and the lr schedule."""
+    """Our rows: Trainer.train_step itself (src/petseg/trainer.py), on a synthetic batch. The
+    segmentation_models_pytorch rows: the plain step a user would write."""
+    if row.trainer is not None:
+        row.model.train()
+        row.trainer.train_step({"image": x, "mask": y})
+        return
     row.step_model.train()
     images = row.runtime.to_input(x)
     row.optimizer.zero_grad(set_to_none=True)

@@ -143,3 +143,27 @@ def build(cfg: DictConfig, dist: DistInfo = SINGLE) -> Built:
         scaler=torch.amp.GradScaler(runtime.device.type, enabled=runtime.amp_dtype == torch.float16),
         thread_tuner=tuner_for(t, runtime.device, dist.enabled),
     )
+
+
+def built_for_step(
+    runtime: Runtime, model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: nn.Module
+) -> Built:
+    """A Built with only what ``Trainer.train_step`` uses (no data, a constant schedule): benchmarks
+    time the real step on synthetic batches with it."""
+    from petseg.optim import constant
+
+    return Built(
+        runtime=runtime,
+        model=model,
+        train_model=runtime.compile_model(model),
+        train_set=None,  # type: ignore[arg-type]
+        val_set=None,  # type: ignore[arg-type]
+        train_loader=None,  # type: ignore[arg-type]
+        val_loader=None,  # type: ignore[arg-type]
+        steps_per_epoch=1,
+        optimizer=optimizer,
+        scheduler=constant(optimizer, 1, 1),
+        loss_fn=loss_fn,
+        scaler=torch.amp.GradScaler(runtime.device.type, enabled=runtime.amp_dtype == torch.float16),
+        thread_tuner=None,
+    )

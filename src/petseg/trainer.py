@@ -130,9 +130,7 @@ class Trainer:
         self.optimizer, self.scheduler, self.scaler = built.optimizer, built.scheduler, built.scaler
         self.grad_clip = None if cfg.trainer.grad_clip is None else float(cfg.trainer.grad_clip)
         self.threshold = float(cfg.trainer.threshold)
-        # val/dice is the reference protocol's (256x256 masks), so runs at any image size compare; the
-        # 256x256 masks are made once, at the first validation, and kept.
-        self.val_targets = ReferenceTargets.of(built.val_set, keep=True)
+        self.val_targets: ReferenceTargets | None = None  # made at the first validation
         self.progress = Progress()
         self.resumed_from: Path | None = None
         self.choices = dict(choices or {})  # the option of each config group (HParams tab, checkpoints)
@@ -209,6 +207,10 @@ class Trainer:
                 image = denormalize(batch["image"][i], mean, std)
                 samples.append((image, batch["mask"][i, 0].numpy() > 0.5, pred[i, 0].cpu().numpy()))
 
+        if self.val_targets is None:
+            # val/dice is the reference protocol's (256x256 masks), so runs at any image size compare;
+            # the 256x256 masks are made once, here, and kept.
+            self.val_targets = ReferenceTargets.of(self.built.val_set, keep=True)
         # Each rank's BatchNorm statistics followed its own last batches: score rank 0's (the saved ones).
         broadcast_buffers(self.model, self.dist)
         metrics = evaluate(
