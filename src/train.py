@@ -40,8 +40,8 @@ def main(cfg: DictConfig) -> float:
     # in a second, and a Ctrl-C during these imports is caught by cli().
     from petseg.checks import check_train_config
     from petseg.resume import config_for_resume
+    from petseg.run import fit
     from petseg.signals import TrainingInterrupted
-    from petseg.trainer import fit
 
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)

@@ -31,7 +31,7 @@ from petseg.checkpoint import load_checkpoint, save_checkpoint
 from petseg.cli import CONFIG_DIR
 from petseg.errors import PetsegError
 from petseg.resume import config_for_resume, continue_in_resumed_run
-from petseg.trainer import fit
+from petseg.run import fit
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "tests" / "data" / "oxford-iiit-pet"

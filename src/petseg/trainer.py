@@ -11,7 +11,7 @@ Around the step, not inside it: checkpoints are written atomically, also every
 ``trainer.checkpoint.every_n_steps`` steps; SIGINT/SIGTERM finish the step in flight, save last.pth,
 print the resume command and exit with 128 + the signal number (``petseg.signals``); a non-finite loss or
 weight stops the run with a ``PetsegError`` naming epoch and step, before anything non-finite reaches
-last.pth. Continuing a run: ``petseg.resume``.
+last.pth. Setting a run up (signals, processes, run dir): ``petseg.run``; continuing one: ``petseg.resume``.
 
 Several processes (``torchrun``): the model is wrapped in DistributedDataParallel; each rank trains on
 its shard of every epoch and validates on its shard, with metrics summed over ranks, so the logged
@@ -26,7 +26,7 @@ import math
 import signal
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -37,12 +37,11 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from evaluate import ReferenceTargets, evaluate
-from petseg.build import Built, build
+from petseg.build import Built
 from petseg.checkpoint import (
     copy_checkpoint,
     export_best,
     load_checkpoint,
-    remove_partial_writes,
     save_checkpoint,
 )
 from petseg.distributed import (
@@ -50,65 +49,16 @@ from petseg.distributed import (
     DistInfo,
     all_sum,
     broadcast_buffers,
-    broadcast_object,
-    init_distributed,
-    shutdown,
 )
 from petseg.errors import PetsegError, TrainingDiverged
 from petseg.pictures import comparison_rows
-from petseg.resume import check_resumable, resolve_resume, resume_command
+from petseg.progress import Progress, epoch_line, epoch_record
+from petseg.resume import check_resumable, resume_command
 from petseg.signals import StopSignals, TrainingInterrupted
 from petseg.tb import write_epoch, write_hparams_start, write_run_end
 from utils import binarize, capture_rng, denormalize, dice_per_image, restore_rng
 
 log = logging.getLogger("petseg.train")
-
-
-@dataclass
-class Progress:
-    """Where a run stands; saved in every checkpoint so a resumed run continues exactly."""
-
-    epoch: int = 0  # epochs completed
-    step: int = 0  # batches of the current epoch already trained
-    global_step: int = 0
-    best_metric: float = -math.inf
-    best_epoch: int = 0
-    history: list[dict[str, float]] = field(default_factory=list)
-    # running sums of the current, unfinished epoch (so a mid-epoch resume reports the same means)
-    loss_sum: float = 0.0
-    dice_sum: float = 0.0
-    seen: int = 0
-
-    def add_step(self, loss_sum: float, dice_sum: float, images: int) -> None:
-        self.loss_sum, self.dice_sum, self.seen = (
-            self.loss_sum + loss_sum,
-            self.dice_sum + dice_sum,
-            self.seen + images,
-        )
-        self.step, self.global_step = self.step + 1, self.global_step + 1
-
-    def means(self) -> dict[str, float]:
-        """Mean loss and Dice of the current epoch's steps so far."""
-        return {"loss": self.loss_sum / max(self.seen, 1), "dice": self.dice_sum / max(self.seen, 1)}
-
-    def end_epoch(self, record: dict[str, float], monitor: str) -> bool:
-        """Close the epoch ``record['epoch']`` with its metrics; whether ``monitor`` improved."""
-        self.epoch, self.step, self.loss_sum, self.dice_sum, self.seen = int(record["epoch"]), 0, 0.0, 0.0, 0
-        self.history.append(record)
-        improved = record[monitor] > self.best_metric
-        if improved:
-            self.best_metric, self.best_epoch = record[monitor], self.epoch
-        return improved
-
-
-def epoch_line(record: dict[str, float], epochs: int) -> str:
-    """The log line of one finished epoch."""
-    return (
-        f"epoch {record['epoch']}/{epochs}  train loss {record['train/loss']:.4f} "
-        f"dice {record['train/dice']:.4f}"
-        f" | val loss {record['val/loss']:.4f} dice_256 {record['val/dice']:.4f} (pooled "
-        f"{record['val/dice_pooled']:.4f}, at input size {record['val/dice_input']:.4f})"
-    )
 
 
 class Trainer:
@@ -361,16 +311,7 @@ class Trainer:
     ) -> None:
         if val["loss"] is not None and not math.isfinite(val["loss"]):
             raise self._non_finite(f"validation loss became {val['loss']} at epoch {epoch + 1}")
-        record = {
-            "epoch": epoch + 1,
-            "train/loss": train["loss"],
-            "train/dice": train["dice"],
-            "val/loss": val["loss"],
-            "val/dice": val["dice"],
-            "val/dice_pooled": val["dice_pooled"],
-            "val/dice_input": val["protocols"]["dice_input"]["mean"],
-            "lr": self.optimizer.param_groups[0]["lr"],
-        }
+        record = epoch_record(epoch + 1, train, val, self.optimizer.param_groups[0]["lr"])
         if writer is not None:
             write_epoch(writer, record, comparison_rows(samples, len(samples[0][0])) if samples else None)
         improved = self.progress.end_epoch(record, self.cfg.monitor)
@@ -381,42 +322,3 @@ class Trainer:
             self._save("last.pth")
         if improved and ckpt_cfg.save_best and self.dist.is_main:
             copy_checkpoint(self.run_dir / "last.pth", self.run_dir / "best.pth")
-
-
-def _describe(cfg: DictConfig, built: Built, dist: DistInfo) -> str:
-    rt = built.runtime
-    ddp = f"; {dist.world_size} processes (DDP), global batch {dist.world_size * int(cfg.data.batch_size)}"
-    return (
-        f"model {cfg.model.name} ({sum(p.numel() for p in built.model.parameters()) / 1e6:.2f}M params) on "
-        f"{rt.device}, {rt.describe()['amp']}, channels_last={rt.channels_last} ({rt.why}); "
-        f"{len(built.train_set)} train / {len(built.val_set)} valid images{ddp if dist.enabled else ''}"
-    )
-
-
-def fit(cfg: DictConfig, run_dir: str | Path, choices: Mapping[str, str] | None = None) -> float:
-    """Train as the config says, in ``run_dir``; returns the best validation Dice.
-
-    Signal handling starts before the setup, so a Ctrl-C while data and model load also ends in a
-    saved last.pth and the resume command rather than a traceback.
-    """
-    with StopSignals() as stop:
-        dist = init_distributed()
-        try:
-            if dist.enabled:
-                stop.debounce_s = 2.0
-                if not dist.is_main:
-                    logging.getLogger("petseg").setLevel(logging.WARNING)  # rank 0 tells the story
-            # Every rank works in rank 0's run dir (Hydra gave the others a dummy one); only rank 0 writes.
-            run_dir = Path(broadcast_object(str(run_dir), dist))
-            if dist.is_main:
-                run_dir.mkdir(parents=True, exist_ok=True)
-                for leftover in remove_partial_writes(run_dir):
-                    log.info("removed %s, left by a save that was killed", leftover.name)
-            built = build(cfg, dist)
-            trainer = Trainer(cfg, built, run_dir, dist, stop, choices)
-            if cfg.trainer.resume:
-                trainer.resume(resolve_resume(cfg.trainer.resume))
-            log.info("%s", _describe(cfg, built, dist))
-            return trainer.fit()
-        finally:
-            shutdown(dist)
