@@ -18,7 +18,7 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from petseg.cli import CONFIG_DIR, USAGE_ERROR, run_hydra_main
 from petseg.errors import PetsegError, TrainingDiverged
@@ -30,6 +30,11 @@ log = logging.getLogger("petseg.train")
 _SRC = str(Path(__file__).resolve().parent)
 if _SRC not in os.environ.get("PYTHONPATH", "").split(os.pathsep):
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_SRC, os.environ.get("PYTHONPATH")) if p)
+
+
+# ${pid:} in hydra.run.dir / hydra.sweep.dir (configs/train.yaml): this process's id, so runs started
+# in the same second never share a dir.
+OmegaConf.register_new_resolver("pid", os.getpid, use_cache=True, replace=True)
 
 
 # An absolute config_path: Hydra reads a relative one as a package path when this module is imported

@@ -177,10 +177,20 @@ def export_weights(ckpt: dict[str, Any], path: str | Path, half: bool = False) -
 
 def export_best(run_dir: Path, cfg: DictConfig, best_metric: float, best_epoch: int) -> Path | None:
     """Copy the weights of ``run_dir/best.pth`` to ``<trainer.checkpoint.export_dir>/<model name>.pth``
-    (fp16 if half_precision_export); None when export is off, in a multirun unless
-    export_in_multirun, or when there is no best.pth."""
+    (fp16 if half_precision_export); the path, or None when nothing was exported: export off, a smoke
+    run (trainer.limit_*), a multirun unless export_in_multirun, no best.pth, or a file already there
+    that this command did not ask to replace (trainer.checkpoint.overwrite=true): a user's model is
+    never replaced silently."""
     ckpt_cfg = cfg.trainer.checkpoint
-    if not ckpt_cfg.export_dir or not (run_dir / "best.pth").is_file():
+    best = run_dir / "best.pth"
+    if not ckpt_cfg.export_dir or not best.is_file():
+        return None
+    if cfg.trainer.limit_train_batches is not None or cfg.trainer.limit_val_batches is not None:
+        log.info(
+            "smoke run (trainer.limit_*): not exported to %s; the best weights are %s",
+            ckpt_cfg.export_dir,
+            best,
+        )
         return None
     if is_multirun() and not ckpt_cfg.export_in_multirun:
         log.info(
@@ -189,6 +199,15 @@ def export_best(run_dir: Path, cfg: DictConfig, best_metric: float, best_epoch: 
         )
         return None
     target = Path(ckpt_cfg.export_dir) / f"{cfg.model.name}.pth"
-    export_weights(load_checkpoint(run_dir / "best.pth"), target, half=bool(ckpt_cfg.half_precision_export))
+    if target.exists() and not ckpt_cfg.overwrite:
+        log.warning(
+            "%s already exists and was kept; this run's best weights (val Dice %.4f) are %s. To replace "
+            "it, copy that file there or train with trainer.checkpoint.overwrite=true",
+            target,
+            best_metric,
+            best,
+        )
+        return None
+    export_weights(load_checkpoint(best), target, half=bool(ckpt_cfg.half_precision_export))
     log.info("best weights (val Dice %.4f, epoch %d) exported to %s", best_metric, best_epoch, target)
     return target

@@ -44,6 +44,7 @@ def fit(cfg: DictConfig, run_dir: str | Path, choices: Mapping[str, str] | None 
             # Every rank works in rank 0's run dir (Hydra gave the others a dummy one); only rank 0 writes.
             run_dir = Path(broadcast_object(str(run_dir), dist))
             if dist.is_main:
+                log.info("run dir: %s", run_dir.resolve())
                 run_dir.mkdir(parents=True, exist_ok=True)
                 for leftover in remove_partial_writes(run_dir):
                     log.info("removed %s, left by a save that was killed", leftover.name)

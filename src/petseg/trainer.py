@@ -201,14 +201,12 @@ class Trainer:
             if writer is not None:
                 writer.close()
         p = self.progress
-        log.info(
-            "done in %.1f min: best val Dice %.4f at epoch %d",
-            (time.time() - started) / 60,
-            p.best_metric,
-            p.best_epoch,
-        )
+        minutes = (time.time() - started) / 60
+        log.info("done in %.1f min: best val Dice %.4f at epoch %d", minutes, p.best_metric, p.best_epoch)
         if self.dist.is_main:
-            export_best(self.run_dir, self.cfg, p.best_metric, p.best_epoch)
+            exported = export_best(self.run_dir, self.cfg, p.best_metric, p.best_epoch)
+            saved = [self.run_dir / n for n in ("best.pth", "last.pth") if (self.run_dir / n).is_file()]
+            log.info("checkpoints: %s", ", ".join(map(str, [*saved, *([exported] if exported else [])])))
         return p.best_metric
 
     # ------------------------------------------------------------------------------ checkpoints
