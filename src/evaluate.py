@@ -237,15 +237,19 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
     """Load a checkpoint, rebuild its data pipeline for ``cfg.split`` and score it by every protocol."""
     from oxford_pet import build_dataset
     from petseg.checkpoint import load_checkpoint, model_from_checkpoint
+    from petseg.checks import check_data_overrides, check_device, check_threshold
     from petseg.loaders import build_dataloader
     from petseg.runtime import setup_runtime
     from petseg.upgrade import upgrade_config
 
     tta = check_tta(cfg.tta)
+    check_threshold(cfg.threshold, "threshold")
+    check_device(cfg.device, "device")
     ckpt = load_checkpoint(cfg.checkpoint)
     train_cfg = upgrade_config(ckpt["config"])
     data_cfg = merge_data_overrides(train_cfg.data, cfg.data)
-    runtime = setup_runtime(OmegaConf.merge(train_cfg.trainer, {"device": cfg.device}))
+    check_data_overrides(train_cfg.model.name, data_cfg)
+    runtime = setup_runtime(OmegaConf.merge(train_cfg.trainer, {"device": cfg.device}), device_key="device")
     model = runtime.prepare(model_from_checkpoint(ckpt))
     dataset = build_dataset(data_cfg, train_cfg.aug, cfg.split)
     loader = build_dataloader(dataset, data_cfg, train=False)

@@ -46,13 +46,16 @@ class Predictor:
         self, ckpt: dict[str, Any], device: str = "auto", threshold: float = 0.5, tta: bool = False
     ) -> None:
         from petseg.checkpoint import model_from_checkpoint
+        from petseg.checks import check_device, check_threshold
         from petseg.runtime import setup_runtime
         from petseg.transforms import build_transform
         from petseg.upgrade import upgrade_config
 
         self.config = upgrade_config(ckpt["config"])
+        check_threshold(threshold, "threshold")
+        check_device(device, "device")
         trainer = OmegaConf.merge(self.config.trainer, {"device": device})
-        self.runtime: Runtime = setup_runtime(trainer)
+        self.runtime: Runtime = setup_runtime(trainer, device_key="device")
         self.model: nn.Module = self.runtime.prepare(model_from_checkpoint(ckpt)).eval()
         self.image_size = int(self.config.data.image_size)
         self.transform = build_transform(self.config.aug, self.image_size, train=False)
@@ -167,9 +170,11 @@ def predict_split(predictor: Predictor, cfg: DictConfig, out_dir: Path) -> dict[
     """Predict every image of a split, writing outputs at original size, and score it with evaluate()."""
     from evaluate import evaluate, merge_data_overrides, resize_logits
     from oxford_pet import build_dataset, image_path, read_image
+    from petseg.checks import check_data_overrides
     from petseg.loaders import build_dataloader
 
     data_cfg = merge_data_overrides(predictor.config.data, cfg.data)
+    check_data_overrides(predictor.config.model.name, data_cfg)
     dataset = build_dataset(data_cfg, predictor.config.aug, cfg.split)
     loader = build_dataloader(dataset, data_cfg, train=False)
     overlays: list[tuple[str, np.ndarray]] = []
@@ -205,6 +210,12 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_cli_config("inference", sys.argv[1:] if argv is None else argv)
         if (cfg.input is None) == (cfg.split is None):
             raise PetsegError("give exactly one of input=<image or folder> or split=<train|valid|test>")
+        if cfg.input is not None and cfg.data:
+            given = ", ".join(f"data.{k}" for k in cfg.data)
+            raise PetsegError(
+                f"{given}: data settings apply to split=...; input=... uses the checkpoint's own "
+                "preprocessing"
+            )
         files = list_inputs(Path(cfg.input)) if cfg.input is not None else []
         from evaluate import check_tta, format_protocols
 

@@ -297,3 +297,67 @@ def test_a_good_checkpoint_still_loads(bad_checkpoints: dict[str, tuple[Path, st
 
     model = model_from_checkpoint(load_checkpoint(tmp_path / "ok.pth"))
     assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 1, 32, 32)
+
+
+# ------------------------------------------------------------- evaluate.py / inference.py arguments
+@pytest.fixture(scope="module")
+def tiny_model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained width-4 UNet at 32 px on the sample, saved as train.py saves its checkpoints."""
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=tiny())
+    path = tmp_path_factory.mktemp("tiny") / "tiny.pth"
+    config = OmegaConf.to_container(cfg, resolve=True)
+    return save_checkpoint(path, {"model": build_model(**cfg.model).state_dict(), "config": config})
+
+
+COMMAND_MISTAKES = {
+    "threshold=1.5": "threshold must be a number strictly between 0 and 1, got 1.5",
+    "threshold=0": "threshold must be a number strictly between 0 and 1, got 0",
+    "data.image_size=250": "image size 250x250 is not a multiple of 16 for unet",
+    "data.batch_size=0": "data.batch_size must be a positive int, got 0",
+    "device=gpu0": "device=gpu0 is not a device",
+    "data.imag_size=64": "unknown data key(s) imag_size",
+}
+
+
+@pytest.mark.parametrize("mistake", list(COMMAND_MISTAKES))
+def test_evaluate_and_inference_mistakes_are_one_line_and_exit_2(
+    mistake: str, tiny_model_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+):
+    common = [f"checkpoint={tiny_model_file}", "split=valid", f"data.root={SAMPLE}", mistake]
+    assert evaluate.main([*common, f"output={tmp_path / 'm.json'}"]) == 2
+    assert_one_error_line(capsys.readouterr().err, COMMAND_MISTAKES[mistake])
+    assert inference.main([*common, f"output={tmp_path / 'out'}"]) == 2
+    assert_one_error_line(capsys.readouterr().err, COMMAND_MISTAKES[mistake])
+    assert not (tmp_path / "m.json").exists()
+
+
+def test_a_missing_cuda_names_the_commands_own_key(tiny_model_file: Path, capsys: pytest.CaptureFixture):
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    assert evaluate.main([f"checkpoint={tiny_model_file}", "device=cuda", f"data.root={SAMPLE}"]) == 2
+    assert_one_error_line(
+        capsys.readouterr().err, "device=cuda but CUDA is not available here; use device=auto"
+    )
+
+
+def test_inference_on_files_refuses_data_keys_it_would_ignore(
+    tiny_model_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+):
+    shutil.copy(SAMPLE / "images" / "Bengal_100.jpg", tmp_path / "pet.jpg")
+    args = [f"checkpoint={tiny_model_file}", f"input={tmp_path / 'pet.jpg'}", f"output={tmp_path / 'o'}"]
+    assert inference.main([*args, "data.imag_size=64"]) == 2
+    assert_one_error_line(capsys.readouterr().err, "data.imag_size: data settings apply to split=...")
+
+
+@pytest.mark.parametrize("command", ["evaluate.py", "inference.py"])
+def test_help_lists_every_key_with_its_default_and_meaning(command: str) -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "src" / command), "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0 and not result.stderr
+    name = command.removesuffix(".py")
+    for key, value in OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / f"{name}.yaml")).items():
+        default = "{}" if value == {} else "null" if value is None else str(value).lower()
+        assert f"  {key}={default}".lower() in result.stdout.lower(), key
+    assert "threshold=0.5            on sigmoid(logits)" in result.stdout

@@ -32,15 +32,42 @@ def _non_negative_int(value: object, key: str) -> None:
         raise PetsegError(f"{key} must be an integer >= 0, got {value!r}")
 
 
+def check_threshold(value: object, key: str) -> float:
+    """A probability threshold strictly between 0 and 1 (train.py, evaluate.py and inference.py)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1:
+        raise PetsegError(f"{key} must be a number strictly between 0 and 1, got {value!r}")
+    return float(value)
+
+
+def check_device(value: object, key: str) -> str:
+    """auto or a device torch knows; whether it is present here is the runtime's to say."""
+    if str(value) != "auto":
+        try:
+            torch.device(str(value))
+        except (RuntimeError, ValueError):
+            raise PetsegError(
+                f"{key}={value} is not a device; use auto, cpu, cuda, cuda:<index> or mps"
+            ) from None
+    return str(value)
+
+
+def check_data_overrides(model_name: str, data_cfg: DictConfig) -> None:
+    """The data settings a command runs a checkpoint with (its own, plus data.* overrides)."""
+    from petseg.transforms import check_image_size
+
+    size = check_image_size(data_cfg.image_size)
+    check_input_size(model_name, size, size)
+    _positive(data_cfg.batch_size, "data.batch_size", int)
+    _non_negative_int(data_cfg.num_workers, "data.num_workers")
+
+
 def _validate_trainer(t: DictConfig) -> None:
     from petseg.runtime import AMP_DTYPES
 
     _positive(t.epochs, "trainer.epochs", int)
     if isinstance(t.seed, bool) or not isinstance(t.seed, int):
         raise PetsegError(f"trainer.seed must be an integer, got {t.seed!r}")
-    threshold = t.threshold
-    if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not 0 < threshold < 1:
-        raise PetsegError(f"trainer.threshold must be a number strictly between 0 and 1, got {threshold!r}")
+    check_threshold(t.threshold, "trainer.threshold")
     if t.grad_clip is not None:
         _positive(t.grad_clip, "trainer.grad_clip")
     if t.threads != "auto":
@@ -52,13 +79,7 @@ def _validate_trainer(t: DictConfig) -> None:
     _non_negative_int(t.overlays.every_n_epochs or 0, "trainer.overlays.every_n_epochs")
     if str(t.amp) not in ("auto", *AMP_DTYPES):
         raise PetsegError(f"trainer.amp={t.amp} is not one of auto, {', '.join(AMP_DTYPES)}")
-    if str(t.device) != "auto":
-        try:
-            torch.device(str(t.device))
-        except (RuntimeError, ValueError):
-            raise PetsegError(
-                f"trainer.device={t.device} is not a device; use auto, cpu, cuda, cuda:<index> or mps"
-            ) from None
+    check_device(t.device, "trainer.device")
 
 
 def check_train_config(cfg: DictConfig) -> None:

@@ -44,12 +44,33 @@ def unknown_option_message(group: str, option: str) -> str:
     return f"unknown {word} '{option}' ({group}={option}); valid: {valid}"
 
 
+def command_help(name: str) -> str:
+    """``--help`` of a key=value command: the usage lines at the top of configs/<name>.yaml, then each
+    key with its default and the comment beside it (the YAML is the one place both are written)."""
+    usage: list[str] = []
+    keys: list[str] = []
+    pending: list[str] = []  # comment lines between keys describe the key below them
+    for line in (CONFIG_DIR / f"{name}.yaml").read_text(encoding="utf-8").splitlines():
+        if line.startswith("#"):
+            (pending if keys else usage).append(line.lstrip("# ").rstrip())
+        elif line and not line.startswith(" "):
+            setting, _, comment = line.partition("#")
+            key, _, default = setting.partition(":")
+            keys.append(f"  {key.strip() + '=' + (default.strip() or 'null'):<24} {comment.strip()}".rstrip())
+            keys.extend(f"  {'':<24} {text}" for text in pending)
+            pending = []
+    return "\n".join([*usage, "", "keys (key=value; ??? = required):", *keys])
+
+
 def load_cli_config(name: str, argv: list[str]) -> DictConfig:
     """configs/<name>.yaml overridden by `key=value` arguments; unknown keys are an error.
 
     Sub-trees left empty in the YAML (such as `data: {}`) take any key: they are overrides that the
     command checks against the checkpoint's own config.
     """
+    if any(arg in ("-h", "--help") for arg in argv):
+        print(command_help(name))
+        raise SystemExit(0)
     base = OmegaConf.load(CONFIG_DIR / f"{name}.yaml")
     OmegaConf.set_struct(base, True)
     for key, value in OmegaConf.to_container(base, resolve=False).items():

@@ -127,7 +127,9 @@ class Runtime:
         return torch.compile(model) if self.compile else model
 
 
-def setup_runtime(trainer: DictConfig, dist: DistInfo = SINGLE) -> Runtime:
+def setup_runtime(
+    trainer: DictConfig, dist: DistInfo = SINGLE, device_key: str = "trainer.device"
+) -> Runtime:
     """Resolve the 'auto' settings of the trainer group into concrete choices for this machine (and,
     under DDP, this rank: its own GPU), and apply the process-wide ones: torch's thread count, malloc's
     retention of freed memory, cuDNN's autotuner."""
@@ -136,7 +138,7 @@ def setup_runtime(trainer: DictConfig, dist: DistInfo = SINGLE) -> Runtime:
         torch.set_num_threads(int(trainer.threads))
     if device.type == "cuda" and not torch.cuda.is_available():
         raise PetsegError(
-            f"trainer.device={trainer.device} but CUDA is not available here; use trainer.device=auto"
+            f"{device_key}={trainer.device} but CUDA is not available here; use {device_key}=auto"
         )
     auto_amp, auto_layout, auto_why = _auto_amp_layout(device)
     amp = str(trainer.amp)
