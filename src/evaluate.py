@@ -237,7 +237,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
     """Load a checkpoint, rebuild its data pipeline for ``cfg.split`` and score it by every protocol."""
     from oxford_pet import build_dataset
     from petseg.checkpoint import load_checkpoint, model_from_checkpoint
-    from petseg.checks import check_data_overrides, check_device, check_threshold
+    from petseg.checks import check_data_settings, check_device, check_threshold
     from petseg.loaders import build_dataloader
     from petseg.runtime import setup_runtime
     from petseg.upgrade import upgrade_config
@@ -248,7 +248,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
     ckpt = load_checkpoint(cfg.checkpoint)
     train_cfg = upgrade_config(ckpt["config"])
     data_cfg = merge_data_overrides(train_cfg.data, cfg.data)
-    check_data_overrides(train_cfg.model.name, data_cfg)
+    check_data_settings(train_cfg.model.name, data_cfg)
     runtime = setup_runtime(OmegaConf.merge(train_cfg.trainer, {"device": cfg.device}), device_key="device")
     model = runtime.prepare(model_from_checkpoint(ckpt))
     dataset = build_dataset(data_cfg, train_cfg.aug, cfg.split)

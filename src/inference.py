@@ -170,11 +170,11 @@ def predict_split(predictor: Predictor, cfg: DictConfig, out_dir: Path) -> dict[
     """Predict every image of a split, writing outputs at original size, and score it with evaluate()."""
     from evaluate import evaluate, merge_data_overrides, resize_logits
     from oxford_pet import build_dataset, image_path, read_image
-    from petseg.checks import check_data_overrides
+    from petseg.checks import check_data_settings
     from petseg.loaders import build_dataloader
 
     data_cfg = merge_data_overrides(predictor.config.data, cfg.data)
-    check_data_overrides(predictor.config.model.name, data_cfg)
+    check_data_settings(predictor.config.model.name, data_cfg)
     dataset = build_dataset(data_cfg, predictor.config.aug, cfg.split)
     loader = build_dataloader(dataset, data_cfg, train=False)
     overlays: list[tuple[str, np.ndarray]] = []

@@ -87,6 +87,11 @@ def _call(partial: Any, group: str, *args: Any) -> Any:
         raise PetsegError(f"{group}: {err}") from None
 
 
+def _scaler(runtime: Runtime) -> torch.amp.GradScaler:
+    """Loss scaling, needed only for fp16 autocast (bf16 and fp32 keep the exponent range)."""
+    return torch.amp.GradScaler(runtime.device.type, enabled=runtime.amp_dtype == torch.float16)
+
+
 def _sync_batchnorm(model: nn.Module, wanted: bool, dist: DistInfo, device: torch.device) -> nn.Module:
     if not wanted:
         return model
@@ -140,7 +145,7 @@ def build(cfg: DictConfig, dist: DistInfo = SINGLE) -> Built:
         optimizer=optimizer,
         scheduler=build_scheduler(cfg.sched, optimizer, steps_per_epoch, int(t.epochs)),
         loss_fn=loss_fn,
-        scaler=torch.amp.GradScaler(runtime.device.type, enabled=runtime.amp_dtype == torch.float16),
+        scaler=_scaler(runtime),
         thread_tuner=tuner_for(t, runtime.device, dist.enabled),
     )
 
@@ -164,6 +169,6 @@ def built_for_step(
         optimizer=optimizer,
         scheduler=constant(optimizer, 1, 1),
         loss_fn=loss_fn,
-        scaler=torch.amp.GradScaler(runtime.device.type, enabled=runtime.amp_dtype == torch.float16),
+        scaler=_scaler(runtime),
         thread_tuner=None,
     )

@@ -51,14 +51,15 @@ def check_device(value: object, key: str) -> str:
     return str(value)
 
 
-def check_data_overrides(model_name: str, data_cfg: DictConfig) -> None:
-    """The data settings a command runs a checkpoint with (its own, plus data.* overrides)."""
+def check_data_settings(model_name: str, data_cfg: DictConfig) -> None:
+    """The data settings a run uses (train.py's config, or a checkpoint's plus data.* overrides in
+    evaluate.py and inference.py): batch size, workers, and an image size the model can take."""
     from petseg.transforms import check_image_size
 
-    size = check_image_size(data_cfg.image_size)
-    check_input_size(model_name, size, size)
     _positive(data_cfg.batch_size, "data.batch_size", int)
     _non_negative_int(data_cfg.num_workers, "data.num_workers")
+    size = check_image_size(data_cfg.image_size)
+    check_input_size(model_name, size, size)  # also: an unknown model name, in the registry's words
 
 
 def _validate_trainer(t: DictConfig) -> None:
@@ -91,13 +92,8 @@ def check_train_config(cfg: DictConfig) -> None:
     (petseg/build.py). Group options (``model=foo``) are Hydra's to
     reject; train.py turns that into the same kind of one-line error.
     """
-    from petseg.transforms import check_image_size
-
     _positive(cfg.optim.lr, "optim.lr")
-    _positive(cfg.data.batch_size, "data.batch_size", int)
-    _non_negative_int(cfg.data.num_workers, "data.num_workers")
-    size = check_image_size(cfg.data.image_size)
-    check_input_size(cfg.model.name, size, size)  # also: an unknown model name, in the registry's words
+    check_data_settings(cfg.model.name, cfg.data)
     _validate_trainer(cfg.trainer)
     if cfg.monitor not in ("val/dice", "val/dice_pooled"):
         raise PetsegError(f"monitor must be val/dice or val/dice_pooled, got {cfg.monitor}")
