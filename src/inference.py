@@ -65,15 +65,22 @@ class Predictor:
         self.tta = tta
 
     @torch.no_grad()
-    def predict(self, image: np.ndarray) -> np.ndarray:
-        """Binary mask (H, W) for an RGB uint8 image (H, W, 3) of any size."""
-        from evaluate import predict_logits, resize_logits
+    def logits(self, image: np.ndarray) -> torch.Tensor:
+        """Logits (1, 1, S, S) at the model's input size S for an RGB uint8 image (H, W, 3) of any size
+        (flip TTA applied when on)."""
+        from evaluate import predict_logits
         from petseg.transforms import to_model_input
 
         resized = self.transform(image=image)["image"]
         batch = self.runtime.to_input(to_model_input(resized, self.mean, self.std)[None])
-        logits = predict_logits(self.model, batch, self.runtime, self.tta)
-        full = resize_logits(logits, image.shape[0], image.shape[1])
+        return predict_logits(self.model, batch, self.runtime, self.tta)
+
+    @torch.no_grad()
+    def predict(self, image: np.ndarray) -> np.ndarray:
+        """Binary mask (H, W) for an RGB uint8 image (H, W, 3) of any size."""
+        from evaluate import resize_logits
+
+        full = resize_logits(self.logits(image), image.shape[0], image.shape[1])
         return binarize(full, self.threshold)[0, 0].cpu().numpy()
 
 
