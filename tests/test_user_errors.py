@@ -100,7 +100,7 @@ def test_real_commands_exit_2_with_one_line(tmp_path: Path):
                 f"input={tmp_path / 'in'}",
                 f"output={tmp_path / 'o'}",
             ],
-            [f"{tensor_file} is not a petseg checkpoint (no 'petseg-checkpoint' marker)"],
+            [f"{tensor_file} is not a petseg checkpoint (it holds a Tensor, not a checkpoint dict)"],
         ),
     }
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "0"}
@@ -251,14 +251,18 @@ def bad_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple
     add("random.pth", "is not a petseg checkpoint (", lambda p: p.write_bytes(os.urandom(2048)))
     add("notes.pth", "is not a petseg checkpoint (", lambda p: p.write_text("weights: 1, 2, 3\n"))
     add("empty.pth", "is not a petseg checkpoint (", lambda p: p.write_bytes(b""))
-    add("tensor.pth", "no 'petseg-checkpoint' marker", lambda p: torch.save(torch.ones(4), p))
-    add("state_dict.pth", "no 'petseg-checkpoint' marker", lambda p: torch.save(unet, p))
+    add("tensor.pth", "(it holds a Tensor, not a checkpoint dict)", lambda p: torch.save(torch.ones(4), p))
+    add("state_dict.pth", "(a plain state_dict without the config)", lambda p: torch.save(unet, p))
     add(
         "no_config.pth",
-        "damaged petseg checkpoint: its config lacks",
+        "is not a petseg checkpoint (missing keys: config)",
         lambda p: save_checkpoint(p, {"model": unet}),
     )
-    add("no_weights.pth", "holds no model weights", lambda p: save_checkpoint(p, {"config": config}))
+    add(
+        "no_weights.pth",
+        "is not a petseg checkpoint (missing keys: model)",
+        lambda p: save_checkpoint(p, {"config": config}),
+    )
     add(
         "wider.pth",
         "do not fit the 'unet' model its config describes (0 missing, 0 unexpected, ",

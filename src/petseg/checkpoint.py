@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
+import re
 import secrets
 import shutil
+import warnings
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -104,8 +108,96 @@ def remove_partial_writes(folder: str | Path) -> list[Path]:
     return leftovers
 
 
+# The first bytes of the two formats torch.save writes: a zip archive (the default since torch 1.6)
+# and the legacy pickle stream, which starts with torch's magic number pickled at protocol 2.
+ZIP_MAGIC = b"PK\x03\x04"
+LEGACY_MAGIC = pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2)
+# What every checkpoint save_checkpoint writes holds; listed when missing.
+REQUIRED_KEYS = ("format", "version", "model", "config")
+# A member torch.save writes in its zip archive: <archive name>/data.pkl and <archive name>/data/<n>.
+TORCH_MEMBER = re.compile(r"[^/]+/data(\.pkl$|/)")
+
+
+def _zip_reason(path: Path, err: Exception) -> str:
+    """Why torch could not load a zip file, in user words (never torch's or miniz's internal text)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError, EOFError):
+        # No readable central directory: the usual cut-off copy. torch archives begin with their data
+        # (<archive>/data.pkl or <archive>/data/<n>), named in the first local header.
+        with open(path, "rb") as fh:
+            head = fh.read(1024)
+        name_length = int.from_bytes(head[26:28], "little")
+        first = head[30 : 30 + name_length].decode("utf-8", "replace")
+        return f"truncated or corrupt {'torch' if TORCH_MEMBER.match(first) else 'zip'} file"
+    if any(name.endswith("/constants.pkl") for name in names):
+        return "a TorchScript model, not a checkpoint"
+    if not any(TORCH_MEMBER.match(name) for name in names):
+        return "a zip archive, not a torch file"
+    if isinstance(err, pickle.UnpicklingError):  # weights_only refuses to run pickled code
+        return "it holds pickled Python objects, e.g. a whole model, which a safe load refuses"
+    return "truncated or corrupt torch file"
+
+
+def _read_torch_file(path: Path, mmap: bool) -> Any:
+    """torch.load(weights_only) of ``path``, or a PetsegError giving the reason in a few words.
+
+    The format is told from the first bytes before torch sees the file: torch's errors for a file it
+    cannot read (EOFError, `pop from empty list`, miniz and mmap messages, pickle warnings) say
+    nothing to a user, and a plain pickle is not even attempted.
+    """
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(len(LEGACY_MAGIC))
+    except OSError as err:
+        raise PetsegError(f"cannot read checkpoint {path}: {err.strerror or err}") from None
+    if not head:
+        raise PetsegError(f"{path} is not a petseg checkpoint (empty file)")
+    legacy = head == LEGACY_MAGIC
+    if not legacy and not head.startswith(ZIP_MAGIC):
+        raise PetsegError(f"{path} is not a petseg checkpoint (not a torch file)")
+    try:
+        # torch warns on stderr about files it is unsure of (a TorchScript archive, an odd pickle
+        # protocol); the outcome here is either a checkpoint or this function's one-line error.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            # mmap needs the zip format; a legacy file is read whole (we never write one).
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and not legacy)
+    except MemoryError:
+        raise
+    except Exception as err:  # any failure to decode a torch file is about that file, not a bug
+        reason = "truncated or corrupt torch file" if legacy else _zip_reason(path, err)
+        raise PetsegError(f"{path} is not a petseg checkpoint ({reason})") from None
+
+
+def _contents_problem(ckpt: Any) -> str | None:
+    """Why a loaded object is not one of our checkpoints (a few words), or None when it is."""
+    if not isinstance(ckpt, dict):
+        return f"it holds a {type(ckpt).__name__}, not a checkpoint dict"
+    if ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+        return "a plain state_dict without the config"
+    missing = [key for key in REQUIRED_KEYS if key not in ckpt]
+    if missing:
+        return f"missing keys: {', '.join(missing)}"
+    if ckpt["format"] != FORMAT:
+        return f"format is {ckpt['format']!r}, not {FORMAT!r}"
+    if not isinstance(ckpt["version"], int):
+        return f"version is {ckpt['version']!r}, not a number"
+    weights, config = ckpt["model"], ckpt["config"]
+    if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+        return "its model entry is not a state_dict of tensors"
+    if not isinstance(config, dict):
+        return "its config entry is not a dict"
+    lacking = [key for key in REQUIRED_CONFIG if not isinstance(config.get(key), dict)]
+    if not lacking and not isinstance(config["model"].get("name"), str):
+        lacking = ["model.name"]
+    return f"its config lacks {', '.join(lacking)}" if lacking else None
+
+
 def load_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
-    """Load one of our checkpoints safely (weights_only) or raise a PetsegError saying why not.
+    """Load one of our checkpoints safely (weights_only) or raise a one-line PetsegError: a missing
+    file or a folder says so; anything else is ``<file> is not a petseg checkpoint (<reason>)``.
 
     ``mmap=True`` maps the tensors instead of reading them: cheap when only the config is needed.
     """
@@ -114,24 +206,12 @@ def load_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
         raise PetsegError(f"checkpoint {path} is a folder; give a .pth file (e.g. {path / 'best.pth'})")
     if not path.is_file():
         raise PetsegError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except Exception as err:  # any failure to decode a user's file is about that file, not a bug
-        text = str(err).strip()
-        first_line = text.splitlines()[0] if text else type(err).__name__
-        raise PetsegError(f"{path} is not a petseg checkpoint ({first_line[:200]})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise PetsegError(f"{path} is not a petseg checkpoint (no '{FORMAT}' marker)")
-    if not isinstance(ckpt.get("version"), int) or ckpt["version"] > VERSION:
-        raise PetsegError(f"{path} was written by a newer petseg (format {ckpt.get('version')} > {VERSION})")
-    weights, config = ckpt.get("model"), ckpt.get("config")
-    if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
-        raise PetsegError(f"{path} is a damaged petseg checkpoint: it holds no model weights")
-    missing = [key for key in REQUIRED_CONFIG if not isinstance((config or {}).get(key), dict)]
-    if not isinstance(config, dict) or missing or not isinstance(config["model"].get("name"), str):
-        raise PetsegError(
-            f"{path} is a damaged petseg checkpoint: its config lacks {', '.join(missing) or 'model.name'}"
-        )
+    ckpt = _read_torch_file(path, mmap)
+    if isinstance(ckpt, dict) and isinstance(ckpt.get("version"), int) and ckpt["version"] > VERSION:
+        raise PetsegError(f"{path} was written by a newer petseg (format {ckpt['version']} > {VERSION})")
+    problem = _contents_problem(ckpt)
+    if problem:
+        raise PetsegError(f"{path} is not a petseg checkpoint ({problem})")
     return ckpt
 
 
