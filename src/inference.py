@@ -14,7 +14,17 @@ Inputs are decoded like the training images (``oxford_pet.read_image``): any for
 and palette images as RGB, transparency composited over black, the first frame of animations; any size
 from 1x1 up to PIL's decompression-bomb limit (~179 MP; a 48 MP photo takes ~1 GB at peak). A file that
 cannot be used (unreadable, not an image, too large) gets a one-line error on stderr and the others go
-on; the exit code is 1 if any failed, 2 for a bad command line or checkpoint.
+on.
+
+A folder is searched with its sub-folders, and outputs keep the relative path (``a/cat.jpg`` ->
+``<output>/a/cat_mask.png``), so names never collide. Its images are the files with an image extension
+(.jpg .jpeg .png .gif .bmp .tif .tiff .webp .ppm ..., any case) or an image's content (a photo without
+an extension); a file with an image extension that is not an image claims to be one and fails like
+any unreadable image. Other files (a README, a video) are listed as skipped in one line and are
+not failures; hidden entries are ignored (details: ``petseg/inputs.py``). A file named in ``input=``
+is always taken as an image. The last line counts the images predicted, the files skipped and the
+images that failed. Exit code: 0 when none failed, 1 if any image failed, 2 for a bad command line or
+checkpoint, or an input folder without any image.
 """
 
 from __future__ import annotations
@@ -31,6 +41,7 @@ from torch import nn
 from tqdm import tqdm
 
 from petseg.errors import PetsegError
+from petseg.inputs import describe, list_inputs, output_names
 from petseg.pictures import grid, overlay
 from petseg.runtime import Runtime
 from utils import binarize
@@ -110,32 +121,6 @@ def write_grid(out_dir: Path, overlays: list[tuple[str, np.ndarray]]) -> Path | 
     return path
 
 
-def list_inputs(path: Path) -> list[Path]:
-    """A file, or every file directly inside a folder (not hidden, not a folder), sorted.
-
-    A broken link is listed too, so that it is reported rather than silently skipped; other special
-    files (pipes, sockets) are not: reading one could block forever.
-    """
-    if path.is_file():
-        return [path]
-    if path.is_dir():
-        files = sorted(
-            p
-            for p in path.iterdir()
-            if not p.name.startswith(".") and (p.is_file() or (p.is_symlink() and not p.exists()))
-        )
-        if not files:
-            raise PetsegError(f"input folder {path} holds no files")
-        return files
-    raise PetsegError(f"input {path} does not exist")
-
-
-def output_names(files: list[Path]) -> list[str]:
-    """The stem of each file, or its whole name where two stems collide (cat.jpg and cat.png)."""
-    stems = [f.stem for f in files]
-    return [f.stem if stems.count(f.stem) == 1 else f.name.replace(".", "_") for f in files]
-
-
 def _one_line(err: BaseException) -> str:
     return " ".join(str(err).split()) or type(err).__name__
 
@@ -147,6 +132,7 @@ def predict_file(predictor: Predictor, file: Path, name: str, out_dir: Path) -> 
 
     try:
         image = read_image(file)  # its PetsegError names the file already
+        (out_dir / name).parent.mkdir(parents=True, exist_ok=True)  # name keeps the sub-folder
         return write_prediction(out_dir, name, image, predictor.predict(image))
     except MemoryError:
         raise PetsegError(f"{file}: too large to process in the memory available") from None
@@ -154,12 +140,15 @@ def predict_file(predictor: Predictor, file: Path, name: str, out_dir: Path) -> 
         raise PetsegError(f"{file}: cannot write its outputs to {out_dir}: {_one_line(err)}") from None
 
 
-def predict_files(predictor: Predictor, files: list[Path], out_dir: Path) -> tuple[int, int]:
-    """Predict each file; a bad one is reported in one line and skipped. Returns (done, failed)."""
+def predict_files(
+    predictor: Predictor, files: list[Path], out_dir: Path, root: Path | None = None
+) -> tuple[int, int]:
+    """Predict each file, its outputs named by ``output_names(files, root)``; a file that fails is
+    reported in one line and the others go on. Returns (predicted, failed)."""
     done, failed = 0, 0
     overlays: list[tuple[str, np.ndarray]] = []
     bar = tqdm(files, desc="predict", disable=len(files) < 2, dynamic_ncols=True)
-    for file, name in zip(bar, output_names(files), strict=True):
+    for file, name in zip(bar, output_names(files, root), strict=True):
         try:
             picture = predict_file(predictor, file, name, out_dir)
         except PetsegError as err:
@@ -223,21 +212,24 @@ def main(argv: list[str] | None = None) -> int:
                 f"{given}: data settings apply to split=...; input=... uses the checkpoint's own "
                 "preprocessing"
             )
-        files = list_inputs(Path(cfg.input)) if cfg.input is not None else []
+        out_dir = Path(str(cfg.output))
+        inputs = list_inputs(Path(str(cfg.input)), out_dir) if cfg.input is not None else None
         from evaluate import check_tta, format_protocols
 
         tta = check_tta(cfg.tta)
         predictor = Predictor(load_checkpoint(cfg.checkpoint), str(cfg.device), float(cfg.threshold), tta)
-        out_dir = Path(cfg.output)
         out_dir.mkdir(parents=True, exist_ok=True)
-        if cfg.split is not None:
+        if inputs is None:
             metrics = predict_split(predictor, cfg, out_dir)
             print(f"{cfg.split}: {metrics['count']} images, flip TTA {'on' if tta else 'off'}")
             print("\n".join(format_protocols(metrics["protocols"], predictor.image_size)))
             print(f"predictions in {out_dir}")
             return 0
-        done, failed = predict_files(predictor, files, out_dir)
-        print(f"{done} image(s) predicted, {failed} failed; outputs in {out_dir}")
+        if inputs.skipped:  # not failures: a folder of photos often holds notes, sidecars, videos
+            print(f"skipped {describe(inputs.skipped, inputs.root)}")
+        done, failed = predict_files(predictor, inputs.images, out_dir, inputs.root)
+        skipped = len(inputs.skipped)
+        print(f"{done} image(s) predicted, {skipped} skipped, {failed} failed; outputs in {out_dir}")
         return 1 if failed else 0
 
     return run_command(run)
