@@ -1,18 +1,39 @@
-"""Per-epoch train/val Dice of two or more runs, read from their TensorBoard logs, in one PNG.
+"""Per-epoch train/val Dice of runs and sweeps, read from their TensorBoard logs, in one PNG.
 
     python src/curves.py outputs/2026-11-26/10-00-00_unet outputs/2026-11-26/10-30-00_resnet34_unet \
         --labels UNet ResNet34-UNet --out docs/figures/curves.png
+    python src/curves.py outputs/multirun/2026-11-26/10-00-00 --out sweep_curves.png
+
+Each argument is a run dir (it has its own tb/ or .hydra/) or a folder of runs such as a multirun
+sweep dir (numbered job dirs, each with tb/): then each job is its own pair of lines, labelled by the
+overrides that set it apart from the other jobs of that folder (Hydra's .hydra/overrides.yaml), after
+the folder's --labels entry if one is given. A run is labelled by its --labels entry, else its dir
+name. Prints one line per run (label, epochs, best val Dice), then where the PNG went.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from petseg.errors import PetsegError
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
 TAGS = ("train/dice", "val/dice")
+
+
+@dataclass
+class Series:
+    """One run's curves as drawn: its legend label and {tag: [(epoch, value), ...]}."""
+
+    label: str
+    run_dir: Path
+    points: dict[str, list[tuple[int, float]]]
 
 
 def read_scalars(run_dir: str | Path, tags: tuple[str, ...] = TAGS) -> dict[str, list[tuple[int, float]]]:
@@ -25,7 +46,44 @@ def read_scalars(run_dir: str | Path, tags: tuple[str, ...] = TAGS) -> dict[str,
     return {tag: sorted((step, value) for step, (value, _) in events.get(tag, {}).items()) for tag in tags}
 
 
-def plot_curves(run_dirs: list[Path], labels: list[str], out: Path, title: str = "Dice per epoch") -> Path:
+def is_run_dir(path: Path) -> bool:
+    return (path / "tb").is_dir() or (path / ".hydra").is_dir()
+
+
+def runs_of(path: Path, label: str | None) -> list[tuple[Path, str]]:
+    """(run dir, label) for each run ``path`` stands for: itself, or each job of a sweep dir.
+
+    Reading a sweep dir as one run would merge its jobs' events into one line (the same epochs, the
+    last writer winning), so each job found below it is a run of its own.
+    """
+    from sweep_summary import find_runs, varying_overrides
+
+    if not path.is_dir():
+        raise PetsegError(f"run dir {path} does not exist")
+    jobs = [] if is_run_dir(path) else find_runs(path)
+    if not jobs:
+        return [(path, label or path.name)]  # a run dir (read_scalars says if it holds no events)
+    labels = [
+        " ".join(own) or job.relative_to(path).as_posix()
+        for job, own in zip(jobs, varying_overrides(jobs), strict=True)
+    ]
+    if len(set(labels)) < len(labels):  # the same overrides twice (two sweeps in one folder): use paths
+        labels = [job.relative_to(path).as_posix() for job in jobs]
+    return [(job, f"{label} {text}" if label else text) for job, text in zip(jobs, labels, strict=True)]
+
+
+def load_series(paths: list[Path], labels: list[str] | None = None) -> list[Series]:
+    """The curves ``paths`` stand for (see runs_of); ``labels``: one per path, or None."""
+    if labels is not None and len(labels) != len(paths):
+        raise PetsegError(f"{len(paths)} runs but {len(labels)} labels")
+    if labels is None and len(paths) > 1:
+        labels = [path.name for path in paths]  # several sweeps: say which one a job belongs to
+    runs = [run for i, path in enumerate(paths) for run in runs_of(path, labels[i] if labels else None)]
+    return [Series(label, run_dir, read_scalars(run_dir)) for run_dir, label in runs]
+
+
+def draw(series: list[Series], title: str = "Dice per epoch") -> Figure:
+    """The figure: per run one colour, train/dice dashed and val/dice solid."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -33,41 +91,55 @@ def plot_curves(run_dirs: list[Path], labels: list[str], out: Path, title: str =
 
     fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, (run_dir, label) in enumerate(zip(run_dirs, labels, strict=True)):
-        series = read_scalars(run_dir)
+    for i, one in enumerate(series):
         colour = colours[i % len(colours)]
         for tag, style in zip(TAGS, ("--", "-"), strict=True):
-            if series[tag]:
-                epochs, values = zip(*series[tag], strict=True)
-                ax.plot(epochs, values, style, color=colour, marker="o", markersize=3, label=f"{label} {tag}")
+            if one.points[tag]:
+                epochs, values = zip(*one.points[tag], strict=True)
+                ax.plot(
+                    epochs, values, style, color=colour, marker="o", markersize=3, label=f"{one.label} {tag}"
+                )
     ax.set_xlabel("epoch")
     ax.set_ylabel("Dice (train: at input size; val: dice_256, reference protocol)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend()
-    out.parent.mkdir(parents=True, exist_ok=True)
+    ax.legend(fontsize="small" if len(series) > 4 else None)
     fig.tight_layout()
+    return fig
+
+
+def save(fig: Figure, out: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out)
     plt.close(fig)
     return out
+
+
+def summary_line(one: Series) -> str:
+    val = one.points["val/dice"]
+    if not val:
+        return f"{one.label}: no val/dice yet"
+    epoch, best = max(val, key=lambda point: point[1])
+    return f"{one.label}: {len(val)} epoch(s), best val/dice {best:.4f} (epoch {epoch})"
 
 
 def main(argv: list[str] | None = None) -> int:
     from petseg.cli import run_command
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("runs", nargs="+", type=Path, help="run directories (holding tb/ event files)")
-    parser.add_argument("--labels", nargs="+", help="one label per run (default: the run dir names)")
+    parser.add_argument("runs", nargs="+", type=Path, help="run dirs (holding tb/) or sweep dirs")
+    parser.add_argument("--labels", nargs="+", help="one label per argument (default: run dir names)")
     parser.add_argument("--out", type=Path, default=Path("outputs/curves.png"))
     parser.add_argument("--title", default="Dice per epoch")
     args = parser.parse_args(argv)
 
     def run() -> int:
-        labels = args.labels or [run.name for run in args.runs]
-        if len(labels) != len(args.runs):
-            raise PetsegError(f"{len(args.runs)} runs but {len(labels)} labels")
-        out = plot_curves(args.runs, labels, args.out, args.title)
-        print(f"curves written to {out}")
+        series = load_series(args.runs, args.labels)
+        out = save(draw(series, args.title), args.out)
+        print("\n".join(summary_line(one) for one in series))
+        print(f"curves of {len(series)} run(s) written to {out}")
         return 0
 
     return run_command(run)

@@ -32,12 +32,23 @@ class RunSummary:
     wall_minutes: float | None
 
 
-def summarise_run(run_dir: Path, sweep_dir: Path) -> RunSummary:
-    """One row: a run's own overrides (those shared by the whole sweep are dropped later)."""
+def run_overrides(run_dir: Path) -> list[str]:
+    """A run's command-line overrides as Hydra recorded them ([] where it left no record)."""
+    overrides_file = run_dir / ".hydra" / "overrides.yaml"
+    return [str(o) for o in OmegaConf.load(overrides_file)] if overrides_file.is_file() else []
+
+
+def varying_overrides(runs: list[Path]) -> list[list[str]]:
+    """Each run's overrides less those every run shares (e.g. data.root): what tells them apart."""
+    overrides = [run_overrides(run) for run in runs]
+    common = set.intersection(*map(set, overrides)) if len(overrides) > 1 else set()
+    return [[o for o in own if o not in common] for own in overrides]
+
+
+def summarise_run(run_dir: Path, sweep_dir: Path, overrides: list[str]) -> RunSummary:
+    """One row: a run's own ``overrides`` (see varying_overrides) and what its TensorBoard log says."""
     from petseg.tb import read_events
 
-    overrides_file = run_dir / ".hydra" / "overrides.yaml"
-    overrides = list(OmegaConf.load(overrides_file)) if overrides_file.is_file() else []
     events = read_events(run_dir)
     points = {step: value for step, (value, _) in events.get(MONITOR, {}).items()}
     times = [wall for series in events.values() for _, wall in series.values()]
@@ -47,7 +58,7 @@ def summarise_run(run_dir: Path, sweep_dir: Path) -> RunSummary:
     best_epoch = max(points, key=lambda step: points[step]) if points else None
     return RunSummary(
         run=str(run_dir.relative_to(sweep_dir)),
-        overrides=" ".join(str(o) for o in overrides),
+        overrides=" ".join(overrides) or "(none)",
         best_dice=points[best_epoch] if best_epoch is not None else None,
         best_epoch=best_epoch,
         epochs=len(points),
@@ -69,11 +80,9 @@ def summarise(sweep_dir: Path) -> list[RunSummary]:
     runs = find_runs(sweep_dir)
     if not runs:
         raise PetsegError(f"no runs (job dirs with .hydra/ or tb/) under {sweep_dir}")
-    rows = [summarise_run(run, sweep_dir) for run in runs]
-    # Overrides common to every job (e.g. data.root) say nothing about the differences: drop them.
-    common = set.intersection(*(set(r.overrides.split()) for r in rows)) if len(rows) > 1 else set()
-    for row in rows:
-        row.overrides = " ".join(o for o in row.overrides.split() if o not in common) or "(none)"
+    rows = [
+        summarise_run(run, sweep_dir, own) for run, own in zip(runs, varying_overrides(runs), strict=True)
+    ]
     return sorted(rows, key=lambda r: -1.0 if r.best_dice is None else r.best_dice, reverse=True)
 
 
