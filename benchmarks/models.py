@@ -9,7 +9,8 @@ Prints a Markdown table for the README.
     .venv/bin/python benchmarks/models.py --steps 3
     .venv/bin/python benchmarks/models.py --models unet resnet34_unet --size 320 --batch-size 4
 
-The reference needs ``pip install -r requirements-bench.txt``; without it that row is skipped.
+The reference needs ``.venv/bin/pip install --no-deps -r requirements-bench.txt`` (``--no-deps``:
+without it pip replaces the pinned CPU torch, see that file); without it that row is skipped.
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from models import build_model  # noqa: E402  (needs src/ on sys.path first)
 
 SMP = "smp_unet_resnet34"
+# Word for word requirements-bench.txt's own instruction: a plain `pip install -r` swaps the pinned
+# torch for a CUDA build (tests/test_bench_hint.py keeps the two equal).
+INSTALL_COMMAND = ".venv/bin/pip install --no-deps -r requirements-bench.txt"
 
 
 def make_smp_unet() -> nn.Module:
@@ -134,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
     names = list(args.models)
     if SMP in names and (reason := smp_unavailable_reason()):
         print(f"skipping {SMP}: segmentation_models_pytorch not usable ({reason}).")
-        print("  Install it with: pip install -r requirements-bench.txt (see the comments there)")
+        print(f"  Install it with: {INSTALL_COMMAND} (see the comments there)")
         names.remove(SMP)
 
     cpu = platform.processor() or platform.machine()
