@@ -45,6 +45,7 @@ def worker(args: argparse.Namespace) -> None:
 
     from models import build_model
     from petseg.build import build_loss, build_optimizer, built_for_step
+    from petseg.model_input import ModelInput
     from petseg.runtime import setup_runtime
     from petseg.trainer import Trainer
 
@@ -56,14 +57,14 @@ def worker(args: argparse.Namespace) -> None:
     model = rt.prepare(build_model(args.model))
     optimizer = build_optimizer(OmegaConf.load(ROOT / "configs" / "optim" / "adamw.yaml"), model, rt.device)
     loss_fn = build_loss(OmegaConf.load(ROOT / "configs" / "loss" / "bce_dice.yaml"))
-    batch = {
-        "image": torch.randn(args.batch_size, 3, args.size, args.size),
-        "mask": (torch.rand(args.batch_size, 1, args.size, args.size) > 0.5).float(),
+    batch = {  # as the loader gives it: uint8 images and masks
+        "image": torch.randint(0, 256, (args.batch_size, 3, args.size, args.size), dtype=torch.uint8),
+        "mask": torch.randint(0, 2, (args.batch_size, 1, args.size, args.size), dtype=torch.uint8),
     }
+    model_input = ModelInput.of(OmegaConf.load(ROOT / "configs" / "data" / "oxford_pet.yaml"), rt)
     # The trainer's own step (forward, loss, backward, clip, optimiser step) on a synthetic batch.
-    trainer = Trainer(
-        OmegaConf.create({"trainer": trainer}), built_for_step(rt, model, optimizer, loss_fn), ROOT
-    )
+    built = built_for_step(rt, model_input, model, optimizer, loss_fn)
+    trainer = Trainer(OmegaConf.create({"trainer": trainer}), built, ROOT)
     model.train()
 
     def step() -> None:

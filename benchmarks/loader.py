@@ -7,13 +7,13 @@ batches. Modes alternate (decode, cache, decode, cache, ...) ``--repeats`` times
 is reported, so a machine that is busy with something else slows both alike. The one-off cache build is
 timed separately and excluded.
 
-Items leave the workers as uint8 and the main process expands each batch to the float batch training
-reads (loaders.CompactLoader, what build_dataloader returns with workers); ``--transports uint8
-float`` also times the former path (float items through shared memory), each on the same datasets.
+Items leave the workers as the dataset makes them (uint8), and each batch is turned into the model's
+float input by petseg.model_input.ModelInput on the CPU, as a CPU training step does: the rate is that
+of the batches a model could consume.
 
     .venv/bin/python benchmarks/loader.py                       # shared partial copy, 256 px, 2 workers
     .venv/bin/python benchmarks/loader.py --workers 0 --batches 20 --repeats 3
-    .venv/bin/python benchmarks/loader.py --transports uint8 float --clock cpu
+    .venv/bin/python benchmarks/loader.py --modes cache --clock cpu
 """
 
 from __future__ import annotations
@@ -30,14 +30,16 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
+import torch  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
 from oxford_pet import build_dataset  # noqa: E402  needs src/ on sys.path first
 from petseg.loaders import build_dataloader  # noqa: E402
+from petseg.model_input import ModelInput  # noqa: E402
+from petseg.runtime import Runtime  # noqa: E402
 
 MODES = ("decode", "cache")
-TRANSPORTS = ("uint8", "float")  # how items leave the workers: build_dataloader(compact=True / False)
 
 
 def data_config(args: argparse.Namespace, cache: bool) -> DictConfig:
@@ -76,17 +78,20 @@ def loader_cpu_seconds(loader: DataLoader) -> float:
     return time.process_time() + sum(_process_cpu_seconds(w.pid) for w in workers)
 
 
-def measure(loader: DataLoader, warmup: int, count: int, clock: str = "wall") -> float:
-    """Images/s over ``count`` batches after ``warmup`` untimed ones; with ``clock="cpu"``, images per
-    CPU-second of the main and worker processes (the work, whatever else the machine is busy with)."""
-    stream = batches(loader)
+def measure(
+    loader: DataLoader, model_input: ModelInput, warmup: int, count: int, clock: str = "wall"
+) -> float:
+    """Images/s over ``count`` batches (each turned into model input) after ``warmup`` untimed ones;
+    with ``clock="cpu"``, images per CPU-second of the main and worker processes (the work, whatever
+    else the machine is busy with)."""
+    stream = (model_input(batch)[0] for batch in batches(loader))
     for _ in range(warmup):
         next(stream)
     images = 0
     now = (lambda: loader_cpu_seconds(loader)) if clock == "cpu" else time.perf_counter
     start = now()
     for _ in range(count):
-        images += len(next(stream)["image"])
+        images += len(next(stream))
     return images / (now() - start)
 
 
@@ -105,14 +110,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cache-dir", type=Path, default=REPO / ".cache" / "petseg")
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     parser.add_argument(
-        "--transports",
-        nargs="+",
-        choices=TRANSPORTS,
-        default=["uint8"],
-        help="uint8: what build_dataloader does (compact items, expanded in the main process); "
-        "float: the float items themselves through shared memory (the former path)",
-    )
-    parser.add_argument(
         "--clock",
         choices=("wall", "cpu"),
         default="wall",
@@ -130,14 +127,13 @@ def main(argv: list[str] | None = None) -> None:
         if dataset.cache is not None:
             state = "built" if dataset.cache.built else "reused (already on disk)"
             print(f"cache {state} in {setup:.1f} s for {len(dataset)} images ({args.cache_dir})")
-        for transport in args.transports:
-            key = mode if len(args.transports) == 1 else f"{mode}/{transport}"
-            loaders[key] = build_dataloader(dataset, cfg, train=True, seed=0, compact=transport == "uint8")
+        loaders[mode] = build_dataloader(dataset, cfg, train=True, seed=0)
+    model_input = ModelInput.of(cfg, Runtime(device=torch.device("cpu")))
 
     print(
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; train split of {args.root} "
         f"({len(dataset)} images), {args.size}x{args.size}, batch {args.batch_size}, "
-        f"{args.workers} workers, aug=default, items as {'/'.join(args.transports)}; "
+        f"{args.workers} workers, aug=default; "
         f"{args.warmup} warm-up + {args.batches} timed batches, "
         f"{args.repeats} alternating repeats"
         + ("; CPU-time clock (images per CPU-second, main + workers)" if args.clock == "cpu" else "")
@@ -145,23 +141,19 @@ def main(argv: list[str] | None = None) -> None:
     rates: dict[str, list[float]] = {key: [] for key in loaders}
     for repeat in range(args.repeats):
         for key, loader in loaders.items():
-            rate = measure(loader, args.warmup, args.batches, args.clock)
+            rate = measure(loader, model_input, args.warmup, args.batches, args.clock)
             rates[key].append(rate)
             print(f"  repeat {repeat + 1}: {key:<12} {rate:7.1f} images/s", flush=True)
     print()
     unit = "images/CPU-s" if args.clock == "cpu" else "images/s"
-    print(f"| data.cache | items | {unit} (median) | runs | vs decode |")
-    print("|---|---|---:|---|---:|")
-    for key in loaders:
-        mode, _, transport = key.partition("/")
-        transport = transport or args.transports[0]
-        base_key = "decode" if len(args.transports) == 1 else f"decode/{transport}"
-        base = statistics.median(rates[base_key]) if base_key in rates else None
-        median = statistics.median(rates[key])
+    print(f"| data.cache | {unit} (median) | runs | vs decode |")
+    print("|---|---:|---|---:|")
+    base = statistics.median(rates["decode"]) if "decode" in rates else None
+    for mode in loaders:
+        median = statistics.median(rates[mode])
         ratio = f"{median / base:.2f}x" if base else "-"
-        runs = ", ".join(f"{r:.1f}" for r in rates[key])
-        cache = "true" if mode == "cache" else "false"
-        print(f"| {cache} | {transport} | {median:.1f} | {runs} | {ratio} |")
+        runs = ", ".join(f"{r:.1f}" for r in rates[mode])
+        print(f"| {'true' if mode == 'cache' else 'false'} | {median:.1f} | {runs} | {ratio} |")
 
 
 if __name__ == "__main__":

@@ -73,6 +73,7 @@ sys.path.insert(0, str(REPO / "src"))
 
 from models import build_model  # noqa: E402
 from petseg.build import build_loss, build_optimizer, built_for_step  # noqa: E402  (src/ on sys.path first)
+from petseg.model_input import ModelInput  # noqa: E402
 from petseg.optim import FUSED_ADAMW_DEVICES  # noqa: E402
 from petseg.runtime import Runtime, setup_runtime  # noqa: E402
 from petseg.trainer import Trainer  # noqa: E402
@@ -144,6 +145,7 @@ class Row:
 
     spec: RowSpec
     runtime: Runtime
+    model_input: ModelInput  # the uint8 batch -> normalised float input on the device, as in training
     clip: float | None
     model: nn.Module
     step_model: nn.Module
@@ -239,20 +241,23 @@ def build_row(spec: RowSpec, args: argparse.Namespace) -> Row:
     else:
         fused = runtime.device.type in FUSED_ADAMW_DEVICES
         optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, fused=fused)
+    model_input = ModelInput.of(OmegaConf.load(REPO / "configs" / "data" / "oxford_pet.yaml"), runtime)
     trainer = None
     if spec.model_name != SMP:  # our rows time the trainer's own step
         cfg = OmegaConf.create({"trainer": OmegaConf.to_container(trainer_cfg, resolve=True)})
         cfg.trainer.grad_clip = clip
-        built = built_for_step(runtime, model, optimizer, build_loss(default_configs(args.device)[2]))
-        trainer = Trainer(cfg, built, Path("."))
-    return Row(spec, runtime, clip, model, runtime.compile_model(model), optimizer, trainer)
+        loss = build_loss(default_configs(args.device)[2])
+        trainer = Trainer(cfg, built_for_step(runtime, model_input, model, optimizer, loss), Path("."))
+    return Row(spec, runtime, model_input, clip, model, runtime.compile_model(model), optimizer, trainer)
 
 
-def batch(args: argparse.Namespace, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def batch(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor]:
+    """A synthetic batch as the loader gives one: uint8 images and {0, 1} masks in host memory (every
+    step moves and normalises it, like training's)."""
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(args.batch_size, 3, args.size, args.size, generator=g)
-    y = (torch.rand(args.batch_size, 1, args.size, args.size, generator=g) > 0.5).float()
-    return x.to(device), y.to(device)
+    x = torch.randint(0, 256, (args.batch_size, 3, args.size, args.size), generator=g, dtype=torch.uint8)
+    y = torch.randint(0, 2, (args.batch_size, 1, args.size, args.size), generator=g, dtype=torch.uint8)
+    return x, y
 
 
 def sync(device: torch.device) -> None:
@@ -268,11 +273,11 @@ def train_step(row: Row, loss_fn: nn.Module, x: torch.Tensor, y: torch.Tensor) -
         row.trainer.train_step({"image": x, "mask": y})
         return
     row.step_model.train()
-    images = row.runtime.to_input(x)
+    images, masks = row.model_input({"image": x, "mask": y})
     row.optimizer.zero_grad(set_to_none=True)
     with row.runtime.autocast():
         logits = row.step_model(images)
-    loss = loss_fn(logits.float(), y)
+    loss = loss_fn(logits.float(), masks)
     loss.backward()
     if row.clip is not None:
         torch.nn.utils.clip_grad_norm_(row.model.parameters(), row.clip)
@@ -283,7 +288,7 @@ def eval_step(row: Row, x: torch.Tensor) -> None:
     """evaluate()'s forward: eval mode, no grad, autocast, same memory format."""
     row.step_model.eval()
     with torch.no_grad(), row.runtime.autocast():
-        row.step_model(row.runtime.to_input(x)).float()
+        row.step_model(row.model_input.images(x)).float()
 
 
 def timed(fn: Callable[[], None], steps: int, device: torch.device, clock: str = "wall") -> float:
@@ -330,7 +335,7 @@ def run_worker(args: argparse.Namespace, index: int) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     loss_fn = build_loss(default_configs(args.device)[2])
-    x, y = batch(args, device)
+    x, y = batch(args)
     rss_before = current_rss_kb()
     row = build_row(spec, args)
     rt = row.runtime

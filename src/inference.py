@@ -42,6 +42,7 @@ from tqdm import tqdm
 
 from petseg.errors import PetsegError
 from petseg.inputs import describe, list_inputs, output_names
+from petseg.model_input import ModelInput
 from petseg.pictures import grid, overlay
 from petseg.runtime import Runtime
 from utils import binarize
@@ -70,8 +71,7 @@ class Predictor:
         self.model: nn.Module = self.runtime.prepare(model_from_checkpoint(ckpt)).eval()
         self.image_size = int(self.config.data.image_size)
         self.transform = build_transform(self.config.aug, self.image_size, train=False)
-        self.mean = list(self.config.data.mean)
-        self.std = list(self.config.data.std)
+        self.model_input = ModelInput.of(self.config.data, self.runtime)
         self.threshold = threshold
         self.tta = tta
 
@@ -79,17 +79,16 @@ class Predictor:
     def logits(self, image: np.ndarray) -> torch.Tensor:
         """Logits (1, 1, S, S) at the model's input size S for an RGB uint8 image (H, W, 3) of any size
         (flip TTA applied when on)."""
-        from evaluate import predict_logits
-        from petseg.transforms import to_model_input
+        from petseg.evaluation import predict_logits
 
-        resized = self.transform(image=image)["image"]
-        batch = self.runtime.to_input(to_model_input(resized, self.mean, self.std)[None])
-        return predict_logits(self.model, batch, self.runtime, self.tta)
+        resized = self.transform(image=image)["image"]  # uint8 (S, S, 3), like a dataset item's
+        batch = torch.from_numpy(np.ascontiguousarray(resized.transpose(2, 0, 1)))[None]
+        return predict_logits(self.model, self.model_input.images(batch), self.runtime, self.tta)
 
     @torch.no_grad()
     def predict(self, image: np.ndarray) -> np.ndarray:
         """Binary mask (H, W) for an RGB uint8 image (H, W, 3) of any size."""
-        from evaluate import resize_logits
+        from petseg.evaluation import resize_logits
 
         full = resize_logits(self.logits(image), image.shape[0], image.shape[1])
         return binarize(full, self.threshold)[0, 0].cpu().numpy()
@@ -164,9 +163,10 @@ def predict_files(
 
 def predict_split(predictor: Predictor, cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     """Predict every image of a split, writing outputs at original size, and score it with evaluate()."""
-    from evaluate import evaluate, merge_data_overrides, resize_logits
+    from evaluate import merge_data_overrides
     from oxford_pet import build_dataset, image_path, read_image
     from petseg.checks import check_data_settings
+    from petseg.evaluation import evaluate, resize_logits
     from petseg.loaders import build_dataloader
 
     data_cfg = merge_data_overrides(predictor.config.data, cfg.data)
@@ -187,7 +187,7 @@ def predict_split(predictor: Predictor, cfg: DictConfig, out_dir: Path) -> dict[
     metrics = evaluate(
         predictor.model,
         loader,
-        predictor.runtime,
+        ModelInput.of(data_cfg, predictor.runtime),
         threshold=predictor.threshold,
         desc=f"predict {cfg.split}",
         on_batch=save,
@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         out_dir = Path(str(cfg.output))
         inputs = list_inputs(Path(str(cfg.input)), out_dir) if cfg.input is not None else None
-        from evaluate import check_tta, format_protocols
+        from petseg.evaluation import check_tta, format_protocols
 
         tta = check_tta(cfg.tta)
         predictor = Predictor(load_checkpoint(cfg.checkpoint), str(cfg.device), float(cfg.threshold), tta)

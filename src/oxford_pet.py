@@ -30,16 +30,8 @@ from torch.utils.data import Dataset
 
 from petseg.cache import DEFAULT_CACHE_DIR, ArrayCache, open_or_build
 from petseg.errors import PetsegError
-from petseg.transforms import (
-    build_transform,
-    check_image_size,
-    check_stats,
-    is_rgb_uint8,
-    lookup_input,
-    normalise_lut,
-    resize_transform,
-    seed_transform,
-)
+from petseg.paths import project_path, python_command
+from petseg.transforms import build_transform, check_image_size, resize_transform, seed_transform
 
 if TYPE_CHECKING:  # albumentations is imported lazily: it costs ~1 s and the CLI summary never needs it
     import albumentations as A
@@ -51,8 +43,6 @@ SPLITS: tuple[str, ...] = ("train", "valid", "test")
 _SPLIT_ALIASES = {"val": "valid"}
 # Every 10th trainval line (starting at line 0) is validation, as in the reference implementation.
 VALID_EVERY = 10
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 TRIMAP_PET, TRIMAP_BACKGROUND, TRIMAP_BORDER = 1, 2, 3
 _EXAMPLES = 5  # how many example names an error message lists
 
@@ -69,7 +59,7 @@ def trimap_path(root: Path, name: str) -> Path:
 
 
 def download_hint(root: Path) -> str:
-    return f"get the dataset with: python src/oxford_pet.py --root {root} --download"
+    return f"get the dataset with: {python_command(Path(__file__))} --root {root} --download"
 
 
 def check_root(root: Path) -> Path:
@@ -231,7 +221,9 @@ def reference_mask(mask: np.ndarray, size: int = REFERENCE_SIZE) -> np.ndarray:
 
 
 class OxfordPetDataset(Dataset):
-    """Items ``{"image": float32 (3,S,S) normalised, "mask": float32 (1,S,S) in {0,1}, "name": str}``.
+    """Items ``{"image": uint8 RGB (3,S,S), "mask": uint8 (1,S,S) in {0,1}, "name": str}``: the one item
+    format from disk to the model; petseg.model_input.ModelInput turns batches of them into the model's
+    float inputs, on its device.
 
     ``transform``: an albumentations Compose called with ``image=, mask=`` (build_transform makes one,
     with the final resize); None means resize only. ``allow_missing``: keep the pairs present when some
@@ -252,8 +244,6 @@ class OxfordPetDataset(Dataset):
         image_size: int = 256,
         transform: A.Compose | None = None,
         allow_missing: bool = False,
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
         cache: bool = False,
         cache_dir: Path | str | None = None,
         cache_workers: int = 0,
@@ -261,10 +251,6 @@ class OxfordPetDataset(Dataset):
         self.root = check_root(Path(root))
         self.split = canonical_split(split)
         self.image_size = check_image_size(image_size)
-        self.mean = check_stats("mean", mean)
-        self.std = check_stats("std", std)
-        if np.any(self.std <= 0):
-            raise PetsegError(f"data.std must be positive, got {list(std)}")
         # Check before anything is loaded: a test name in trainval would make every score meaningless.
         check_no_test_leak(self.root)
         self.transform = transform if transform is not None else build_transform(None, self.image_size, False)
@@ -292,7 +278,6 @@ class OxfordPetDataset(Dataset):
             )
         self.cache: ArrayCache | None = None
         self._eval_resize: A.Compose | None = None
-        self._lut = normalise_lut(self.mean, self.std)
         if cache:
             self.cache = self._open_cache(Path(cache_dir) if cache_dir else DEFAULT_CACHE_DIR, cache_workers)
 
@@ -334,21 +319,9 @@ class OxfordPetDataset(Dataset):
         """Binary uint8 mask (H, W) of ``name`` at its original size, decoded from the trimap alone."""
         return trimap_to_mask(read_trimap(trimap_path(self.root, name)))
 
-    # True only in the copies of the dataset inside build_dataloader's worker processes (set by
-    # compact_worker_init_fn): there items leave as uint8 and CompactLoader expands them in the main
-    # process. Indexing the dataset (``dataset[i]``) always gives the float items below.
-    _compact_items: bool = False
-
     def __getitem__(self, index: int | tuple[int, int]) -> dict[str, Any]:
         """``index``, or ``(index, augmentation_seed)`` as sampler.EpochSampler yields for training: the
         augmentation then depends on that seed only, not on which worker loads the sample or when."""
-        return self._item(index, compact=False)
-
-    def __getitems__(self, indices: Sequence[int | tuple[int, int]]) -> list[dict[str, Any]]:
-        """A batch's items, as torch's DataLoader fetches them: compact in build_dataloader's workers."""
-        return [self._item(index, compact=self._compact_items) for index in indices]
-
-    def _item(self, index: int | tuple[int, int], compact: bool) -> dict[str, Any]:
         if isinstance(index, tuple):
             index, aug_seed = index
             self.reseed(int(aug_seed))
@@ -363,16 +336,18 @@ class OxfordPetDataset(Dataset):
                 self._resize = resize_transform(s)
             out = self._resize(image=image, mask=mask)
             image, mask = out["image"], out["mask"]
-        if compact and is_rgb_uint8(image):
-            # uint8 (3, S, S): a quarter of the bytes through shared memory; expand_batch normalises.
-            image_t = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
-        else:
-            image_t = lookup_input(image, self._lut, self.mean, self.std)
-        if compact and mask.dtype == np.uint8:
-            mask_t = torch.from_numpy(np.ascontiguousarray(mask[None]))
-        else:
-            mask_t = torch.from_numpy(np.ascontiguousarray(mask[None], dtype=np.float32))
-        return {"image": image_t, "mask": mask_t, "name": name}
+        if image.dtype != np.uint8 or mask.dtype != np.uint8:
+            # Normalisation is data.mean/std's job, on the device (petseg.model_input); a transform that
+            # makes floats (A.Normalize, ToFloat) would be normalised twice.
+            raise PetsegError(
+                f"the augmentation made a {image.dtype} image / {mask.dtype} mask; transforms must keep "
+                "uint8 (normalisation is set by data.mean and data.std, not by an aug transform)"
+            )
+        return {
+            "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
+            "mask": torch.from_numpy(np.ascontiguousarray(mask[None])),
+            "name": name,
+        }
 
 
 # --------------------------------------------------------------------------------- building from cfg
@@ -386,37 +361,18 @@ def _cfg(data_cfg: Any, key: str) -> Any:
     return value
 
 
-def _from_start_dir(path: str) -> str:
-    """Like data.root, a relative data.cache_dir is relative to where the command was started."""
-    try:
-        from hydra.utils import to_absolute_path
-    except ImportError:
-        return path
-    return to_absolute_path(path)
-
-
 def build_dataset(data_cfg: Any, aug_cfg: Any, split: str) -> OxfordPetDataset:
     """Dataset of ``split`` from the ``data`` and ``aug`` config groups; only "train" is augmented."""
     split = canonical_split(split)
-    root = str(_cfg(data_cfg, "root"))
-    try:  # relative roots are relative to where the command was started, even inside a Hydra run dir
-        from hydra.utils import to_absolute_path
-
-        root = to_absolute_path(root)
-    except ImportError:
-        pass
     image_size = check_image_size(_cfg(data_cfg, "image_size"))
-    cache_dir = _from_start_dir(str(data_cfg.cache_dir or DEFAULT_CACHE_DIR))
     return OxfordPetDataset(
-        root=root,
+        root=project_path(_cfg(data_cfg, "root")),  # petseg/paths.py: the project's, from any directory
         split=split,
         image_size=image_size,
         transform=build_transform(aug_cfg, image_size, train=split == "train"),
         allow_missing=bool(data_cfg.allow_missing),
-        mean=list(_cfg(data_cfg, "mean")),
-        std=list(_cfg(data_cfg, "std")),
         cache=bool(data_cfg.cache),
-        cache_dir=cache_dir,
+        cache_dir=project_path(data_cfg.cache_dir or DEFAULT_CACHE_DIR),
         cache_workers=int(data_cfg.num_workers or 0),
     )
 

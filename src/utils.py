@@ -126,12 +126,3 @@ def resolve_device(name: str = "auto") -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     return torch.device(name)
-
-
-# --------------------------------------------------------------------------------------- pictures
-def denormalize(image: torch.Tensor, mean: list[float], std: list[float]) -> np.ndarray:
-    """A normalised (3, H, W) tensor back to an RGB uint8 array (H, W, 3)."""
-    mean_t = torch.tensor(mean, dtype=image.dtype, device=image.device).view(3, 1, 1)
-    std_t = torch.tensor(std, dtype=image.dtype, device=image.device).view(3, 1, 1)
-    rgb = (image * std_t + mean_t).clamp(0, 1) * 255
-    return rgb.round().byte().permute(1, 2, 0).cpu().numpy()

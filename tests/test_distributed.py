@@ -12,9 +12,9 @@ import pytest
 from omegaconf import OmegaConf
 
 from curves import read_scalars
-from evaluate import evaluate, interleave_shards
 from oxford_pet import build_dataset
 from petseg.checkpoint import load_checkpoint, model_from_checkpoint
+from petseg.evaluation import evaluate, interleave_shards
 from petseg.loaders import build_dataloader
 from petseg.runtime import setup_runtime
 from petseg.sampler import EpochSampler, ShardSampler
@@ -91,9 +91,15 @@ def test_distributed_validation_equals_one_process(ddp_run) -> None:
     model = runtime.prepare(model_from_checkpoint(ckpt))
     loader = build_dataloader(build_dataset(cfg.data, cfg.aug, "valid"), cfg.data, train=False)
     from petseg.build import build_loss
+    from petseg.model_input import ModelInput
 
     single = evaluate(
-        model, loader, runtime, loss_fn=build_loss(cfg.loss), threshold=cfg.trainer.threshold, progress=False
+        model,
+        loader,
+        ModelInput.of(cfg.data, runtime),
+        loss_fn=build_loss(cfg.loss),
+        threshold=cfg.trainer.threshold,
+        progress=False,
     )
     logged = ckpt["history"][-1]
     assert single["count"] == 2

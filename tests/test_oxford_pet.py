@@ -16,6 +16,7 @@ from PIL import Image
 import oxford_pet
 from oxford_pet import OxfordPetDataset, build_dataset, read_image, read_trimap, split_names, trimap_to_mask
 from petseg import loaders, transforms
+from petseg.checks import check_data_settings
 from petseg.errors import PetsegError
 from petseg.loaders import build_dataloader
 
@@ -43,23 +44,16 @@ def _data_cfg(root: Path, **overrides: object):
     return cfg
 
 
-def _denormalise(image: torch.Tensor) -> np.ndarray:
-    mean = np.asarray(oxford_pet.IMAGENET_MEAN, np.float32)[:, None, None]
-    std = np.asarray(oxford_pet.IMAGENET_STD, np.float32)[:, None, None]
-    return image.numpy() * std + mean
-
-
 def _item(ds: OxfordPetDataset, name: str) -> dict:
     return ds[ds.names.index(name)]
 
 
 def _assert_good_item(item: dict, size: int = SIZE) -> None:
-    assert item["image"].shape == (3, size, size) and item["image"].dtype == torch.float32
-    assert torch.isfinite(item["image"]).all()
-    assert item["mask"].shape == (1, size, size) and item["mask"].dtype == torch.float32
-    assert set(torch.unique(item["mask"]).tolist()) <= {0.0, 1.0}
-    pixels = _denormalise(item["image"])
-    assert pixels.min() >= -1e-4 and pixels.max() <= 1 + 1e-4
+    # The one item format: uint8 RGB image and {0, 1} mask (petseg.model_input normalises batches).
+    assert item["image"].shape == (3, size, size) and item["image"].dtype == torch.uint8
+    assert item["mask"].shape == (1, size, size) and item["mask"].dtype == torch.uint8
+    assert set(torch.unique(item["mask"]).tolist()) <= {0, 1}
+    assert item["image"].float().std() > 0  # a real picture, not a blank
 
 
 # ------------------------------------------------------------------------------------------------ splits
@@ -108,8 +102,8 @@ def test_mask_mapping_pixel_by_pixel_on_a_real_trimap(sample_root: Path) -> None
     expected = transforms.resize_transform(SIZE)(image=np.zeros((*mask.shape, 3), np.uint8), mask=mask)[
         "mask"
     ]
-    assert np.array_equal(item["mask"][0].numpy(), expected.astype(np.float32))
-    assert 0 < item["mask"].mean() < 1
+    assert np.array_equal(item["mask"][0].numpy(), expected)
+    assert 0 < item["mask"].float().mean() < 1
 
 
 def test_rgba_png_behind_jpg(sample_root: Path) -> None:
@@ -256,7 +250,9 @@ def test_bad_data_config_values_are_user_errors(sample_root: Path) -> None:
     with pytest.raises(PetsegError, match="image_size"):
         build_dataset(_data_cfg(sample_root, image_size="big"), aug, "train")
     with pytest.raises(PetsegError, match="data.mean"):
-        build_dataset(_data_cfg(sample_root, mean=[0.5, 0.5]), aug, "train")
+        check_data_settings("unet", _data_cfg(sample_root, mean=[0.5, 0.5]))
+    with pytest.raises(PetsegError, match="data.std must be positive"):
+        check_data_settings("unet", _data_cfg(sample_root, std=[0.5, 0.0, 0.5]))
 
 
 def _epoch(loader) -> tuple[list[str], list[torch.Tensor]]:
@@ -274,9 +270,9 @@ def test_dataloader_shapes_and_seeded_order(sample_root: Path) -> None:
     batches = list(build_dataloader(train, cfg, train=True, seed=3))
     assert len(batches) == 18 // 4  # incomplete last batch dropped
     for batch in batches:
-        assert batch["image"].shape == (4, 3, SIZE, SIZE) and batch["image"].dtype == torch.float32
-        assert batch["mask"].shape == (4, 1, SIZE, SIZE) and batch["mask"].dtype == torch.float32
-        assert set(torch.unique(batch["mask"]).tolist()) <= {0.0, 1.0}
+        assert batch["image"].shape == (4, 3, SIZE, SIZE) and batch["image"].dtype == torch.uint8
+        assert batch["mask"].shape == (4, 1, SIZE, SIZE) and batch["mask"].dtype == torch.uint8
+        assert set(torch.unique(batch["mask"]).tolist()) <= {0, 1}
         assert len(batch["name"]) == 4
     names_a, images_a = _epoch(build_dataloader(train, cfg, train=True, seed=3))
     names_b, images_b = _epoch(build_dataloader(train, cfg, train=True, seed=3))
@@ -302,7 +298,7 @@ def test_dataloader_with_workers_is_reproducible(sample_root: Path) -> None:
     cfg = _data_cfg(sample_root, batch_size=4, num_workers=2)
     train = build_dataset(cfg, OmegaConf.load(AUG / "default.yaml"), "train")
     loader = build_dataloader(train, cfg, train=True, seed=7)
-    assert loader.persistent_workers and loader.worker_init_fn is loaders.compact_worker_init_fn
+    assert loader.persistent_workers and loader.worker_init_fn is loaders.worker_init_fn
     names_a, images_a = _epoch(loader)
     names_b, images_b = _epoch(build_dataloader(train, cfg, train=True, seed=7))
     assert names_a == names_b

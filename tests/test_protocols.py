@@ -15,20 +15,23 @@ from PIL import Image
 from torch import nn
 
 import oxford_pet
-from evaluate import ReferenceTargets, check_tta, evaluate, predict_logits
 from oxford_pet import build_dataset, reference_mask
 from petseg import transforms
 from petseg.errors import PetsegError
+from petseg.evaluation import ReferenceTargets, check_tta, evaluate, predict_logits
 from petseg.loaders import build_dataloader
+from petseg.model_input import ModelInput
 from petseg.runtime import setup_runtime
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 @pytest.fixture(scope="module")
-def cpu() -> object:
+def cpu() -> ModelInput:
+    """The data group's normalisation on a plain fp32 CPU runtime."""
     trainer = OmegaConf.load(CONFIGS / "trainer" / "default.yaml")
-    return setup_runtime(OmegaConf.merge(trainer, {"device": "cpu", "amp": "off", "channels_last": False}))
+    runtime = setup_runtime(OmegaConf.merge(trainer, {"device": "cpu", "amp": "off", "channels_last": False}))
+    return ModelInput.of(OmegaConf.load(CONFIGS / "data" / "oxford_pet.yaml"), runtime)
 
 
 class FixedLogits(nn.Module):
@@ -46,8 +49,8 @@ class FixedLogits(nn.Module):
 def _batch(names: list[str], input_masks: np.ndarray) -> dict:
     n, h, w = input_masks.shape
     return {
-        "image": torch.zeros(n, 3, h, w),
-        "mask": torch.from_numpy(input_masks[:, None].astype(np.float32)),
+        "image": torch.zeros(n, 3, h, w, dtype=torch.uint8),
+        "mask": torch.from_numpy(input_masks[:, None]),
         "name": names,
     }
 
@@ -136,7 +139,7 @@ def test_a_model_trained_at_another_size_is_scored_on_256_px_masks(cpu, sample_c
     dataset = build_dataset(data, aug, "valid")
     loader = build_dataloader(dataset, data, train=False)
     masks = torch.stack([dataset[i]["mask"] for i in range(len(dataset))])
-    oracle = FixedLogits(list((masks * 20 - 10).split(int(data.batch_size))))
+    oracle = FixedLogits(list((masks.float() * 20 - 10).split(int(data.batch_size))))
     metrics = evaluate(oracle, loader, cpu, native=True, progress=False)
     p = metrics["protocols"]
     assert p["dice_input"]["mean"] == 1.0
@@ -147,8 +150,8 @@ def test_flip_tta_averages_the_logits_of_the_image_and_its_mirror(cpu) -> None:
     torch.manual_seed(0)
     model = nn.Conv2d(3, 1, 3, padding=1).eval()  # not mirror-symmetric
     images = torch.randn(2, 3, 8, 8)
-    plain = predict_logits(model, images, cpu, tta=False)
-    both = predict_logits(model, images, cpu, tta=True)
+    plain = predict_logits(model, images, cpu.runtime, tta=False)
+    both = predict_logits(model, images, cpu.runtime, tta=True)
     assert torch.allclose(both, (model(images) + model(images.flip(-1)).flip(-1)) / 2)
     assert not torch.allclose(both, plain)
     assert check_tta("flip") is True and check_tta("none") is False
@@ -255,7 +258,7 @@ def test_bf16_evaluation_keeps_every_dice_within_0_001_of_fp32(model: str, sampl
         )
         net = rt.prepare(model_from_checkpoint(ckpt))
         loader = build_dataloader(dataset, data, train=False)
-        scores[amp] = evaluate(net, loader, rt, progress=False, native=True)["protocols"]
+        scores[amp] = evaluate(net, loader, ModelInput.of(data, rt), progress=False, native=True)["protocols"]
     for protocol, fp32 in scores["off"].items():
         for kind in ("mean", "pooled"):
             assert scores["bf16"][protocol][kind] == pytest.approx(fp32[kind], abs=1e-3), (protocol, kind)

@@ -52,9 +52,10 @@ def test_train_step_steps_once_and_returns_the_batch_sums(tmp_path: Path) -> Non
     # What the step must report, computed here from a copy of the model before the step.
     twin = copy.deepcopy(built.model).train()
     with torch.no_grad(), built.runtime.autocast():  # the runtime's precision and layout, as the step
-        logits = twin(built.runtime.to_input(batch["image"])).float()
-    expected_loss = float(built.loss_fn(logits, batch["mask"])) * len(logits)
-    expected_dice = float(dice_per_image(binarize(logits, trainer.threshold), batch["mask"] > 0.5).sum())
+        images, masks = built.model_input(batch)
+        logits = twin(images).float()
+    expected_loss = float(built.loss_fn(logits, masks)) * len(logits)
+    expected_dice = float(dice_per_image(binarize(logits, trainer.threshold), masks > 0.5).sum())
 
     loss_sum, dice_sum, n = trainer.train_step(batch).tolist()
     assert n == len(batch["image"]) == 4

@@ -1,8 +1,9 @@
 """The one place a training config becomes objects: ``build(cfg) -> Built``.
 
-Model (models/ registry), datasets and loaders (oxford_pet.py), optimiser and schedule (optim.py),
-loss (losses.py), runtime (device, precision, layout, threads: runtime.py), and the wrappers that train
-the model (DDP, torch.compile). The Trainer receives these built objects and knows nothing of YAML.
+Model (models/ registry), datasets and loaders (oxford_pet.py), the conversion of their uint8 batches
+into model inputs (model_input.py), optimiser and schedule (optim.py), loss (losses.py), runtime
+(device, precision, layout, threads: runtime.py), and the wrappers that train the model (DDP,
+torch.compile). The Trainer receives these built objects and knows nothing of YAML.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from oxford_pet import OxfordPetDataset, build_dataset
 from petseg.distributed import SINGLE, DistInfo, wrap_model
 from petseg.errors import PetsegError
 from petseg.loaders import build_dataloader
+from petseg.model_input import ModelInput
 from petseg.runtime import Runtime, setup_runtime
 from petseg.signals import shield_workers
 from petseg.thread_tuner import ThreadTuner, tuner_for
@@ -36,6 +38,7 @@ class Built:
     """Everything a training run needs, built from its config."""
 
     runtime: Runtime
+    model_input: ModelInput  # uint8 batches -> the model's float inputs on its device
     model: nn.Module  # what checkpoints save and evaluation runs
     train_model: nn.Module  # the same parameters, wrapped for training (DDP, torch.compile) or itself
     train_set: OxfordPetDataset
@@ -106,22 +109,24 @@ def _sync_batchnorm(model: nn.Module, wanted: bool, dist: DistInfo, device: torc
 
 def build(cfg: DictConfig, dist: DistInfo = SINGLE) -> Built:
     """Seed, set up the runtime, and build every object of a training run from ``cfg``."""
-    t = cfg.trainer
+    trainer_cfg = cfg.trainer
     loss_fn = build_loss(cfg.loss)
-    seed_everything(int(t.seed), bool(t.deterministic))  # before the model: its init draws from torch
-    runtime = setup_runtime(t, dist)
+    seed_everything(
+        int(trainer_cfg.seed), bool(trainer_cfg.deterministic)
+    )  # before the model: its init draws from torch
+    runtime = setup_runtime(trainer_cfg, dist)
     model = runtime.prepare(build_model(**cfg.model))
-    model = _sync_batchnorm(model, bool(t.sync_batchnorm), dist, runtime.device)
+    model = _sync_batchnorm(model, bool(trainer_cfg.sync_batchnorm), dist, runtime.device)
     train_set = build_dataset(cfg.data, cfg.aug, "train")
     val_set = build_dataset(cfg.data, cfg.aug, "valid")
     shard = {"rank": dist.rank, "world_size": dist.world_size}
-    train_loader = build_dataloader(train_set, cfg.data, train=True, seed=int(t.seed), **shard)
+    train_loader = build_dataloader(train_set, cfg.data, train=True, seed=int(trainer_cfg.seed), **shard)
     val_loader = build_dataloader(val_set, cfg.data, train=False, **shard)
     shield_workers(train_loader)
     shield_workers(val_loader)
     steps_per_epoch = len(train_loader)
-    if t.limit_train_batches is not None:
-        steps_per_epoch = min(steps_per_epoch, int(t.limit_train_batches))
+    if trainer_cfg.limit_train_batches is not None:
+        steps_per_epoch = min(steps_per_epoch, int(trainer_cfg.limit_train_batches))
     if steps_per_epoch == 0:
         per = f" per process ({dist.world_size} processes)" if dist.enabled else ""
         raise PetsegError(
@@ -135,6 +140,7 @@ def build(cfg: DictConfig, dist: DistInfo = SINGLE) -> Built:
     train_model = runtime.compile_model(wrap_model(model, dist))
     return Built(
         runtime=runtime,
+        model_input=ModelInput.of(cfg.data, runtime),
         model=model,
         train_model=train_model,
         train_set=train_set,
@@ -143,22 +149,27 @@ def build(cfg: DictConfig, dist: DistInfo = SINGLE) -> Built:
         val_loader=val_loader,
         steps_per_epoch=steps_per_epoch,
         optimizer=optimizer,
-        scheduler=build_scheduler(cfg.sched, optimizer, steps_per_epoch, int(t.epochs)),
+        scheduler=build_scheduler(cfg.sched, optimizer, steps_per_epoch, int(trainer_cfg.epochs)),
         loss_fn=loss_fn,
         scaler=_scaler(runtime),
-        thread_tuner=tuner_for(t, runtime.device, dist.enabled),
+        thread_tuner=tuner_for(trainer_cfg, runtime.device, dist.enabled),
     )
 
 
 def built_for_step(
-    runtime: Runtime, model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: nn.Module
+    runtime: Runtime,
+    model_input: ModelInput,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: nn.Module,
 ) -> Built:
     """A Built with only what ``Trainer.train_step`` uses (no data, a constant schedule): benchmarks
-    time the real step on synthetic batches with it."""
+    time the real step on synthetic uint8 batches with it."""
     from petseg.optim import constant
 
     return Built(
         runtime=runtime,
+        model_input=model_input,
         model=model,
         train_model=runtime.compile_model(model),
         train_set=None,  # type: ignore[arg-type]

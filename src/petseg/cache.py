@@ -33,12 +33,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from petseg.errors import PetsegError
+from petseg.paths import PROJECT_ROOT
 
 logger = logging.getLogger("petseg.cache")
 
 # Bump when the cached content would change for the same files (decoding, resize, layout).
 CACHE_FORMAT = 2  # 2: masks resized centre-aligned (INTER_NEAREST_EXACT), not top-left
-DEFAULT_CACHE_DIR = Path(".cache") / "petseg"
+DEFAULT_CACHE_DIR = PROJECT_ROOT / ".cache" / "petseg"
 
 LoadFn = Callable[[int], tuple[np.ndarray, np.ndarray]]
 

@@ -32,6 +32,18 @@ def _non_negative_int(value: object, key: str) -> None:
         raise PetsegError(f"{key} must be an integer >= 0, got {value!r}")
 
 
+def _rgb_numbers(values: object, key: str) -> list[float]:
+    """Three numbers, one per RGB channel (data.mean, data.std)."""
+    try:
+        numbers = [float(v) for v in values if not isinstance(v, bool | str)]  # type: ignore[attr-defined]
+        ok = len(numbers) == len(values) == 3  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise PetsegError(f"{key} must be 3 numbers (R, G, B), got {values!r}")
+    return numbers
+
+
 def check_threshold(value: object, key: str) -> float:
     """A probability threshold strictly between 0 and 1 (train.py, evaluate.py and inference.py)."""
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1:
@@ -53,11 +65,14 @@ def check_device(value: object, key: str) -> str:
 
 def check_data_settings(model_name: str, data_cfg: DictConfig) -> None:
     """The data settings a run uses (train.py's config, or a checkpoint's plus data.* overrides in
-    evaluate.py and inference.py): batch size, workers, and an image size the model can take."""
+    evaluate.py and inference.py): batch size, workers, normalisation, an image size the model takes."""
     from petseg.transforms import check_image_size
 
     _positive(data_cfg.batch_size, "data.batch_size", int)
     _non_negative_int(data_cfg.num_workers, "data.num_workers")
+    _rgb_numbers(data_cfg.mean, "data.mean")
+    if min(_rgb_numbers(data_cfg.std, "data.std")) <= 0:
+        raise PetsegError(f"data.std must be positive, got {list(data_cfg.std)}")
     size = check_image_size(data_cfg.image_size)
     check_input_size(model_name, size, size)  # also: an unknown model name, in the registry's words
 
@@ -76,6 +91,8 @@ def _validate_trainer(t: DictConfig) -> None:
     for key in ("limit_train_batches", "limit_val_batches"):
         _optional_positive_int(t[key], f"trainer.{key}")
     _optional_positive_int(t.checkpoint.every_n_steps, "trainer.checkpoint.every_n_steps")
+    if t.checkpoint.every_n_minutes is not None:
+        _positive(t.checkpoint.every_n_minutes, "trainer.checkpoint.every_n_minutes (or null)")
     _non_negative_int(t.overlays.count, "trainer.overlays.count")
     _non_negative_int(t.overlays.every_n_epochs or 0, "trainer.overlays.every_n_epochs")
     if str(t.amp) not in ("auto", *AMP_DTYPES):

@@ -34,6 +34,12 @@ class Progress:
         """Mean loss and Dice of the current epoch's steps so far."""
         return {"loss": self.loss_sum / max(self.seen, 1), "dice": self.dice_sum / max(self.seen, 1)}
 
+    def where(self, steps_per_epoch: int) -> str:
+        """For messages: 'before the first step', 'after epoch 2' or 'at epoch 3, step 5/9'."""
+        if self.step == 0:
+            return f"after epoch {self.epoch}" if self.epoch else "before the first step"
+        return f"at epoch {self.epoch + 1}, step {self.step}/{steps_per_epoch}"
+
     def end_epoch(self, record: dict[str, float], monitor: str) -> bool:
         """Close the epoch ``record['epoch']`` with its metrics; whether ``monitor`` improved."""
         self.epoch, self.step, self.loss_sum, self.dice_sum, self.seen = int(record["epoch"]), 0, 0.0, 0.0, 0

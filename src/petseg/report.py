@@ -10,11 +10,16 @@ import csv
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image
+from torch import nn
 
+from petseg.model_input import ModelInput
 from petseg.pictures import comparison_rows
+from utils import binarize
 
 
 def breed_of(name: str) -> str:
@@ -71,3 +76,38 @@ def gallery(
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(comparison_rows(samples, tile, captions)).save(path)
     return path
+
+
+@torch.no_grad()
+def write_report(
+    model: nn.Module,
+    model_input: ModelInput,
+    dataset: Any,
+    per_image: dict[str, float],
+    out_dir: Path,
+    gallery_size: int,
+    threshold: float,
+    tta: bool = False,
+) -> None:
+    """Per-breed and per-species Dice tables (CSV + Markdown) and best/worst prediction galleries of
+    ``dataset`` (an OxfordPetDataset), from the per-image ``dice_256`` of an evaluation."""
+    from petseg.evaluation import predict_logits
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tables = [
+        write_table(group_dice(per_image, breed_of), out_dir / "per_breed.csv", "breed"),
+        write_table(group_dice(per_image, species_of), out_dir / "per_species.csv", "species"),
+    ]
+    (out_dir / "per_group.md").write_text("\n".join(tables))
+    ranked = sorted(per_image, key=per_image.__getitem__)
+    index = {name: i for i, name in enumerate(dataset.names)}
+    model.eval()
+    for label, names in (("worst", ranked[:gallery_size]), ("best", ranked[::-1][:gallery_size])):
+        entries = []
+        for name in names:
+            item = dataset[index[name]]
+            logits = predict_logits(model, model_input.images(item["image"][None]), model_input.runtime, tta)
+            pred = binarize(logits, threshold)[0, 0].cpu().numpy()
+            image = item["image"].permute(1, 2, 0).numpy()
+            entries.append((name, per_image[name], image, item["mask"][0].numpy() > 0, pred))
+        gallery(entries, out_dir / f"gallery_{label}.png")

@@ -5,6 +5,7 @@
 - ``config_for_resume``: the config the resumed run trains with: the checkpoint's, with only the
   settings of ``RESUME_MAY_CHANGE`` taken from the command line.
 - ``check_resumable``: a checkpoint this run can continue (same model, data size, process count).
+- ``resume_trainer``: load such a checkpoint into a Trainer.
 - ``resume_command``: the command a stopped run prints.
 
 What the trainer restores (weights, optimiser, schedule, scaler, progress, random states) is its
@@ -16,17 +17,20 @@ never stopped.
 from __future__ import annotations
 
 import logging
-import os
 import shlex
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from petseg.checkpoint import load_checkpoint
 from petseg.cli import hydra_quote, is_multirun
 from petseg.errors import PetsegError
+from petseg.paths import python_command
 from petseg.upgrade import upgrade_config
+
+if TYPE_CHECKING:
+    from petseg.trainer import Trainer
 
 log = logging.getLogger("petseg.train")
 
@@ -56,6 +60,12 @@ def resolve_resume(path: str | Path) -> Path:
     """The checkpoint ``trainer.resume`` means: a run dir stands for its last.pth, a file for itself."""
     path = Path(path).expanduser()
     candidate = path / "last.pth" if path.is_dir() else path
+    if path.is_dir() and not candidate.is_file() and (path / ".hydra").is_dir():
+        raise PetsegError(
+            f"trainer.resume={path}: this run stopped before its first save (last.pth is written every "
+            "trainer.checkpoint.every_n_minutes inside an epoch and at each epoch's end): nothing to "
+            "resume, start it again"
+        )
     if not candidate.is_file():
         raise PetsegError(
             f"trainer.resume={path}: no checkpoint there (give a run dir holding last.pth, or a .pth file)"
@@ -64,15 +74,9 @@ def resolve_resume(path: str | Path) -> Path:
 
 
 def resume_command(run_dir: Path) -> str:
-    """The shell command that continues the run in ``run_dir``, with train.py's path from here."""
+    """The shell command that continues the run in ``run_dir``, correct as written from here."""
     script = Path(__file__).resolve().parents[1] / "train.py"
-    try:
-        shown = os.path.relpath(script)
-    except ValueError:  # another drive (Windows)
-        shown = str(script)
-    if shown.startswith(".."):
-        shown = str(script)
-    return f"python {shlex.quote(shown)} {shlex.quote('trainer.resume=' + hydra_quote(str(run_dir)))}"
+    return f"{python_command(script)} {shlex.quote('trainer.resume=' + hydra_quote(str(run_dir)))}"
 
 
 # ------------------------------------------------------------------------------------ command line
@@ -227,3 +231,17 @@ def check_resumable(
             f"{path} was saved mid-epoch by {saved_world} process(es); resume it with the same "
             f"number (now {world_size}), or from a checkpoint saved at an epoch's end"
         )
+
+
+def resume_trainer(trainer: Trainer, path: Path) -> None:
+    """Continue in ``trainer`` the run saved at ``path`` (a PetsegError if this run cannot)."""
+    ckpt = load_checkpoint(path)
+    check_resumable(ckpt, path, trainer.cfg, len(trainer.built.train_set), trainer.dist.world_size)
+    try:
+        trainer.load_state_dict(ckpt)
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise PetsegError(f"{path} cannot be resumed by this run: {reason[:200]}") from None
+    trainer.resumed_from = path
+    trainer.choices = dict(ckpt.get("choices") or trainer.choices)  # the original run's, not this command's
+    log.info("resumed from %s %s", path, trainer.progress.where(trainer.built.steps_per_epoch))

@@ -108,13 +108,6 @@ class Runtime:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
-    def to_input(self, tensor: torch.Tensor) -> torch.Tensor:
-        """Move a batch to the device (async from pinned memory) in the model's memory format."""
-        tensor = tensor.to(self.device, non_blocking=True)
-        if self.channels_last and tensor.ndim == 4:
-            tensor = tensor.contiguous(memory_format=torch.channels_last)
-        return tensor
-
     def prepare(self, model: nn.Module) -> nn.Module:
         model = model.to(self.device)
         if self.channels_last:

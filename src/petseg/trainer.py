@@ -36,14 +36,8 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from evaluate import ReferenceTargets, evaluate
 from petseg.build import Built
-from petseg.checkpoint import (
-    copy_checkpoint,
-    export_best,
-    load_checkpoint,
-    save_checkpoint,
-)
+from petseg.checkpoint import copy_checkpoint, export_best, save_checkpoint
 from petseg.distributed import (
     SINGLE,
     DistInfo,
@@ -51,14 +45,23 @@ from petseg.distributed import (
     broadcast_buffers,
 )
 from petseg.errors import PetsegError, TrainingDiverged
+from petseg.evaluation import ReferenceTargets, evaluate
 from petseg.pictures import comparison_rows
 from petseg.progress import Progress, epoch_line, epoch_record
-from petseg.resume import check_resumable, resume_command
+from petseg.resume import resume_command
 from petseg.signals import StopSignals, TrainingInterrupted
 from petseg.tb import write_epoch, write_hparams_start, write_run_end
-from utils import binarize, capture_rng, denormalize, dice_per_image, restore_rng
+from utils import binarize, capture_rng, dice_per_image, restore_rng
 
 log = logging.getLogger("petseg.train")
+
+
+def overlays_wanted(epoch: int, trainer: DictConfig) -> int:
+    """How many overlays validation of ``epoch`` (0-based) writes: trainer.overlays.count every n
+    epochs, the first and the last; 0 on the others."""
+    every, epochs = int(trainer.overlays.every_n_epochs or 0), int(trainer.epochs)
+    on = every > 0 and ((epoch + 1) % every == 0 or epoch + 1 == epochs or epoch == 0)
+    return int(trainer.overlays.count) if on else 0
 
 
 class Trainer:
@@ -82,6 +85,7 @@ class Trainer:
         self.threshold = float(cfg.trainer.threshold)
         self.val_targets: ReferenceTargets | None = None  # made at the first validation
         self.progress = Progress()
+        self.saved_at = time.monotonic()  # of last.pth, for trainer.checkpoint.every_n_minutes
         self.resumed_from: Path | None = None
         self.choices = dict(choices or {})  # the option of each config group (HParams tab, checkpoints)
 
@@ -89,8 +93,7 @@ class Trainer:
     def train_step(self, batch: dict[str, Any]) -> torch.Tensor:
         """One optimisation step on ``batch``: forward, loss, backward, clip, step. Returns this
         process's [loss sum, Dice sum, image count] as a tensor (no host sync, no I/O)."""
-        images = self.runtime.to_input(batch["image"])
-        masks = batch["mask"].to(self.runtime.device, non_blocking=True)
+        images, masks = self.built.model_input(batch)
         self.optimizer.zero_grad(set_to_none=True)
         with self.runtime.autocast():
             logits = self.built.train_model(images)
@@ -110,17 +113,16 @@ class Trainer:
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
         """The steps of epoch ``epoch`` (0-based) from where progress stands; its mean loss and Dice."""
-        p, steps = self.progress, self.built.steps_per_epoch
+        progress, steps = self.progress, self.built.steps_per_epoch
         # Resuming mid-epoch: the sampler skips the samples of the steps already trained.
-        self.built.train_loader.sampler.set_epoch(epoch, start=p.step * int(self.cfg.data.batch_size))
+        self.built.train_loader.sampler.set_epoch(epoch, start=progress.step * int(self.cfg.data.batch_size))
         self.model.train()
-        every = int(self.cfg.trainer.checkpoint.every_n_steps or 0)
         desc = f"epoch {epoch + 1}/{self.cfg.trainer.epochs}"
         # `with`: the bar is closed on any exit, so an error or the resume command gets its own line.
         with tqdm(
-            total=steps, initial=p.step, desc=desc, dynamic_ncols=True, disable=not self.dist.is_main
+            total=steps, initial=progress.step, desc=desc, dynamic_ncols=True, disable=not self.dist.is_main
         ) as bar:
-            for batch in self.built.train_loader if p.step < steps else ():
+            for batch in self.built.train_loader if progress.step < steps else ():
                 started = time.perf_counter()
                 sums = self.train_step(batch)
                 # One collective per step: every rank sees the global sums (the same NaN stops every
@@ -130,32 +132,31 @@ class Trainer:
                 )
                 if not math.isfinite(loss_sum):
                     raise self._non_finite(
-                        f"loss became {loss_sum / n} at epoch {epoch + 1}, step {p.step + 1}"
+                        f"loss became {loss_sum / n} at epoch {epoch + 1}, step {progress.step + 1}"
                     )
                 if self.built.thread_tuner is not None:
                     self.built.thread_tuner.after_step(time.perf_counter() - started)
-                p.add_step(loss_sum, dice_sum, int(n))
+                progress.add_step(loss_sum, dice_sum, int(n))
                 bar.update(1)
-                bar.set_postfix({k: f"{v:.4f}" for k, v in p.means().items()})
+                bar.set_postfix({k: f"{v:.4f}" for k, v in progress.means().items()})
                 if stop:
                     self._interrupt(self.stop.signum or signal.SIGTERM)
-                if p.step >= steps:
+                if progress.step >= steps:
                     break  # limit_train_batches: do not load a batch that will not be used
-                if every and p.global_step % every == 0:
-                    self._save("last.pth")  # mid-epoch; the epoch's end saves anyway
-        return p.means()
+                if self._mid_epoch_save_due():
+                    self._save("last.pth")  # the epoch's end saves anyway
+        return progress.means()
 
     def validate(self, epoch: int) -> tuple[dict[str, Any], list]:
         """Metrics of the valid split (``evaluate()``), and overlay samples on overlay epochs."""
         samples: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-        want = int(self.cfg.trainer.overlays.count) if self._overlay_epoch(epoch) else 0
-        mean, std = list(self.cfg.data.mean), list(self.cfg.data.std)
+        want = overlays_wanted(epoch, self.cfg.trainer)
 
         def keep(batch: dict[str, Any], logits: torch.Tensor, _dice: torch.Tensor) -> None:
             pred = binarize(logits, self.threshold)
             for i in range(min(want - len(samples), len(logits))):
-                image = denormalize(batch["image"][i], mean, std)
-                samples.append((image, batch["mask"][i, 0].numpy() > 0.5, pred[i, 0].cpu().numpy()))
+                image = batch["image"][i].permute(1, 2, 0).numpy()  # the uint8 item, as loaded
+                samples.append((image, batch["mask"][i, 0].numpy() > 0, pred[i, 0].cpu().numpy()))
 
         if self.val_targets is None:
             # val/dice is the reference protocol's (256x256 masks), so runs at any image size compare;
@@ -166,7 +167,7 @@ class Trainer:
         metrics = evaluate(
             self.model,
             self.built.val_loader,
-            self.runtime,
+            self.built.model_input,
             loss_fn=self.built.loss_fn,
             threshold=self.threshold,
             limit_batches=self.cfg.trainer.limit_val_batches,
@@ -180,47 +181,47 @@ class Trainer:
 
     def fit(self) -> float:
         """Train the remaining epochs; the best monitored validation metric."""
-        epochs = int(self.cfg.trainer.epochs)
+        progress, epochs = self.progress, int(self.cfg.trainer.epochs)
         # On resume, TensorBoard drops every event an earlier process logged from the next epoch on
         # (a crash after logging an epoch but before saving it): each epoch appears once in the log.
-        purge = self.progress.epoch + 1 if self.resumed_from is not None else None
+        purge = progress.epoch + 1 if self.resumed_from is not None else None
         writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=purge) if self.dist.is_main else None
         if writer is not None:
             write_hparams_start(writer, self.cfg, self.choices)
         started = time.time()
         try:
-            for epoch in range(self.progress.epoch, epochs):
+            for epoch in range(progress.epoch, epochs):
                 self._check_stop()  # a signal during setup, validation or the last save
                 train_metrics = self.train_epoch(epoch)
                 val_metrics, samples = self.validate(epoch)
                 self._end_epoch(epoch, train_metrics, val_metrics, samples, writer)
             if writer is not None:
-                p = self.progress
-                write_run_end(writer, p.history, (p.best_metric, p.best_epoch), time.time() - started)
+                best = (progress.best_metric, progress.best_epoch)
+                write_run_end(writer, progress.history, best, time.time() - started)
         finally:
             if writer is not None:
                 writer.close()
-        p = self.progress
+        best_metric, best_epoch = progress.best_metric, progress.best_epoch
         minutes = (time.time() - started) / 60
-        log.info("done in %.1f min: best val Dice %.4f at epoch %d", minutes, p.best_metric, p.best_epoch)
+        log.info("done in %.1f min: best val Dice %.4f at epoch %d", minutes, best_metric, best_epoch)
         if self.dist.is_main:
-            exported = export_best(self.run_dir, self.cfg, p.best_metric, p.best_epoch)
+            exported = export_best(self.run_dir, self.cfg, best_metric, best_epoch)
             saved = [self.run_dir / n for n in ("best.pth", "last.pth") if (self.run_dir / n).is_file()]
             log.info("checkpoints: %s", ", ".join(map(str, [*saved, *([exported] if exported else [])])))
-        return p.best_metric
+        return best_metric
 
     # ------------------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
         """Everything a checkpoint holds: weights, config, progress, optimiser, schedule, RNG states."""
-        p = self.progress
+        progress = self.progress
         return {
             "model": self.model.state_dict(),
             "config": OmegaConf.to_container(self.cfg, resolve=True),
-            "epoch": p.epoch,
-            "metrics": p.history[-1] if p.history else {},
-            "best": {"metric": p.best_metric, "epoch": p.best_epoch},
-            "history": p.history,
-            "progress": asdict(p),
+            "epoch": progress.epoch,
+            "metrics": progress.history[-1] if progress.history else {},
+            "best": {"metric": progress.best_metric, "epoch": progress.best_epoch},
+            "history": progress.history,
+            "progress": asdict(progress),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
@@ -240,29 +241,21 @@ class Trainer:
         self.progress = Progress(**ckpt["progress"])
         restore_rng(ckpt["rng"])
 
-    def resume(self, path: Path) -> None:
-        """Continue the run saved at ``path`` (a PetsegError if this run cannot)."""
-        ckpt = load_checkpoint(path)
-        check_resumable(ckpt, path, self.cfg, len(self.built.train_set), self.dist.world_size)
-        try:
-            self.load_state_dict(ckpt)
-        except (KeyError, TypeError, ValueError, RuntimeError) as err:
-            reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
-            raise PetsegError(f"{path} cannot be resumed by this run: {reason[:200]}") from None
-        self.resumed_from = path
-        self.choices = dict(ckpt.get("choices") or self.choices)  # the original run's, not this command's
-        log.info("resumed from %s %s", path, self._where())
-
     # ------------------------------------------------------------------------------------ helpers
     def _all_sum(self, values: list[float]) -> list[float]:
         return all_sum(values, self.dist, self.runtime.device)
 
     def _where(self) -> str:
-        """Where training stands, for messages: 'after epoch 2' or 'at epoch 3, step 5/9'."""
-        p = self.progress
-        if p.step == 0:
-            return f"after epoch {p.epoch}" if p.epoch else "before the first step"
-        return f"at epoch {p.epoch + 1}, step {p.step}/{self.built.steps_per_epoch}"
+        return self.progress.where(self.built.steps_per_epoch)
+
+    def _mid_epoch_save_due(self) -> bool:
+        """last.pth inside an epoch: every n steps, and every n minutes (so a long first epoch killed
+        by the machine's end still leaves a state to resume)."""
+        ckpt = self.cfg.trainer.checkpoint
+        steps, minutes = int(ckpt.every_n_steps or 0), float(ckpt.every_n_minutes or 0)
+        if steps and self.progress.global_step % steps == 0:
+            return True
+        return minutes > 0 and time.monotonic() - self.saved_at >= minutes * 60
 
     def _non_finite(self, what: str) -> PetsegError:
         last = self.run_dir / "last.pth"
@@ -279,6 +272,8 @@ class Trainer:
             if value.is_floating_point() and not bool(torch.isfinite(value).all()):
                 raise self._non_finite(f"weight {key} became non-finite {self._where()}")
         path = self.run_dir / name
+        if name == "last.pth":
+            self.saved_at = time.monotonic()
         return save_checkpoint(path, self.state_dict()) if self.dist.is_main else path
 
     def _check_stop(self) -> None:
@@ -294,10 +289,6 @@ class Trainer:
             f"Resume with:\n  {resume_command(self.run_dir)}",
             exit_code=128 + signum,
         )
-
-    def _overlay_epoch(self, epoch: int) -> bool:
-        every, epochs = int(self.cfg.trainer.overlays.every_n_epochs or 0), int(self.cfg.trainer.epochs)
-        return every > 0 and ((epoch + 1) % every == 0 or epoch + 1 == epochs or epoch == 0)
 
     def _end_epoch(
         self,

@@ -1,19 +1,15 @@
-"""Transforms from the `aug` config group, and the one conversion of an image to the model's input.
-
-``build_transform`` composes the augmentation list (train only) with the final resize; masks are always
-resampled by nearest neighbour, centre-aligned. ``to_model_input`` (and its lookup-table twin) turns an
-RGB uint8 picture into the normalised float32 tensor every model takes: the dataset, the loaders and
-inference all go through it.
+"""Transforms from the `aug` config group: ``build_transform`` composes the augmentation list (train
+only) with the final resize. Images stay uint8 (normalising is petseg.model_input's job, on the
+device); masks are always resampled by nearest neighbour, centre-aligned.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from petseg.errors import PetsegError
 
@@ -158,54 +154,3 @@ def seed_transform(transform: Any, seed: int) -> None:
     """
     if transform is not None and hasattr(transform, "set_random_state"):
         transform.set_random_state(np.random.default_rng(seed), random.Random(seed))
-
-
-def is_rgb_uint8(image: np.ndarray) -> bool:
-    return image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
-
-
-def to_model_input(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """RGB uint8 (H, W, 3) -> normalised float32 tensor (3, H, W): the model's input format.
-
-    Shared by the dataset and inference, so a photo is preprocessed exactly like a training image.
-    """
-    mean_a = np.asarray(mean, dtype=np.float32)
-    std_a = np.asarray(std, dtype=np.float32)
-    normalised = (image.astype(np.float32) / 255.0 - mean_a) / std_a
-    return torch.from_numpy(np.ascontiguousarray(normalised.transpose(2, 0, 1), dtype=np.float32))
-
-
-def normalise_lut(mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-    """(3, 256) float32: to_model_input's output for every uint8 level of each channel.
-
-    Made by to_model_input itself, so looking pixels up gives bit-identical values; it is ~8x faster than
-    the arithmetic, which made up a third of a cached training item's CPU time.
-    """
-    levels = np.repeat(np.arange(256, dtype=np.uint8)[:, None, None], 3, axis=2)  # (256, 1, 3)
-    return to_model_input(levels, mean, std)[:, :, 0].numpy().copy()
-
-
-def lookup_input(
-    image: np.ndarray, lut: np.ndarray, mean: Sequence[float], std: Sequence[float]
-) -> torch.Tensor:
-    """to_model_input(image, mean, std) through the table of normalise_lut; the arithmetic for anything
-    but RGB uint8 (a hand-made transform may return float images)."""
-    if not is_rgb_uint8(image):
-        return to_model_input(image, mean, std)
-    import cv2
-
-    out = np.empty((3, *image.shape[:2]), dtype=np.float32)
-    # One contiguous plane per channel, looked up straight into its output plane: no HWC->CHW copy.
-    for c, plane in enumerate(cv2.split(image)):
-        cv2.LUT(plane, lut[c], dst=out[c])
-    return torch.from_numpy(out)
-
-
-def check_stats(key: str, values: Sequence[float]) -> np.ndarray:
-    try:
-        a = np.asarray(list(values), dtype=np.float32)
-    except (TypeError, ValueError) as e:
-        raise PetsegError(f"data.{key} must be 3 numbers, got {values!r}") from e
-    if a.shape != (3,):
-        raise PetsegError(f"data.{key} must be 3 numbers (R, G, B), got {list(values)!r}")
-    return a

@@ -1,5 +1,5 @@
-"""build_dataloader's workers send uint8 items that the main process expands (loaders.CompactLoader):
-the batches must be exactly those of the plain float items collated, for every consumer."""
+"""build_dataloader's batches, with workers or without, are exactly the dataset's uint8 items collated:
+one item format from disk to the model, with the same order and augmentation whoever loads it."""
 
 from __future__ import annotations
 
@@ -10,9 +10,8 @@ import torch
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, Subset, default_collate
 
-import oxford_pet
 from oxford_pet import build_dataset
-from petseg.loaders import CompactLoader, build_dataloader, expand_batch
+from petseg.loaders import build_dataloader
 
 REPO = Path(__file__).resolve().parents[1]
 AUG = REPO / "configs" / "aug"
@@ -29,7 +28,7 @@ def _data_cfg(root: Path, **overrides: object):
 
 
 def _expected_batches(dataset, loader) -> list[dict]:
-    """The plain items dataset[i] (float), in the loader's order, collated by torch's default_collate."""
+    """The items dataset[i], in the loader's order, collated by torch's default_collate."""
     indices = list(iter(loader.sampler)) if loader.sampler is not None else list(range(len(dataset)))
     size = loader.batch_size
     stop = len(indices) - len(indices) % size if loader.drop_last else len(indices)
@@ -42,7 +41,7 @@ def _assert_same(batches: list[dict], expected: list[dict]) -> None:
         assert set(got) == set(want)
         assert got["name"] == want["name"]
         for key in ("image", "mask"):
-            assert got[key].dtype == torch.float32 and got[key].shape == want[key].shape
+            assert got[key].dtype == torch.uint8 and got[key].shape == want[key].shape
             assert torch.equal(got[key], want[key]), key  # bit-identical, not merely close
 
 
@@ -53,15 +52,14 @@ def test_worker_batches_equal_collated_items(sample_root: Path, tmp_path: Path, 
     for split, train in (("train", True), ("valid", False)):
         dataset = build_dataset(cfg, aug, split)
         loader = build_dataloader(dataset, cfg, train=train, seed=5)
-        assert isinstance(loader, CompactLoader) and loader.dataset is dataset
+        assert type(loader) is DataLoader and loader.dataset is dataset
         if train:
             loader.sampler.set_epoch(2)
         batches = list(loader)
         _assert_same(batches, _expected_batches(dataset, loader))
-        # The main process's dataset still gives today's float items.
         item = dataset[0]
-        assert item["image"].dtype == torch.float32 and item["mask"].dtype == torch.float32
         assert item["image"].shape == (3, SIZE, SIZE) and item["mask"].shape == (1, SIZE, SIZE)
+        assert set(item["mask"].unique().tolist()) <= {0, 1}
 
 
 def test_subset_and_in_process_loading(sample_root: Path) -> None:
@@ -69,23 +67,8 @@ def test_subset_and_in_process_loading(sample_root: Path) -> None:
     dataset = build_dataset(cfg, None, "valid")
     subset = Subset(dataset, [1, 0])
     loader = build_dataloader(subset, cfg, train=False)
-    assert isinstance(loader, CompactLoader)
     _assert_same(list(loader), [default_collate([dataset[1], dataset[0]])])
-    # No workers, no process boundary: a plain DataLoader, plain items.
+    # No workers, no process boundary: the same items.
     plain = build_dataloader(dataset, _data_cfg(sample_root, batch_size=3, num_workers=0), train=False)
     assert type(plain) is DataLoader
     _assert_same(list(plain), _expected_batches(dataset, plain))
-
-
-def test_compact_items_expand_to_float_items(sample_root: Path) -> None:
-    cfg = _data_cfg(sample_root)
-    dataset = build_dataset(cfg, OmegaConf.load(AUG / "default.yaml"), "train")
-    indices = [(0, 11), (3, 12), (5, 13)]
-    compact = default_collate([dataset._item(i, compact=True) for i in indices])
-    assert compact["image"].dtype == torch.uint8 and compact["mask"].dtype == torch.uint8
-    assert compact["image"].shape == (3, 3, SIZE, SIZE) and compact["mask"].shape == (3, 1, SIZE, SIZE)
-    expanded = expand_batch(compact, dataset._lut)
-    _assert_same([expanded], [default_collate([dataset[i] for i in indices])])
-    # Float batches (a transform that returns float images) pass through unchanged.
-    assert expand_batch(expanded, dataset._lut)["image"] is expanded["image"]
-    assert oxford_pet.OxfordPetDataset._compact_items is False

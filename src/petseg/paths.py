@@ -1,0 +1,38 @@
+"""Where path settings point, so a command started from any directory uses the project's own folders.
+
+The defaults (``dataset/oxford-iiit-pet``, ``outputs/``, ``saved_models/``, ``.cache/petseg``) and any
+other plain relative path are anchored at the project root. An absolute path, or one written explicitly
+relative (``./x``, ``../x``, ``~/x``), means what it says in the shell: relative to the directory the
+command was started from.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]  # src/petseg/paths.py -> the repository
+
+
+def project_path(value: str | os.PathLike[str]) -> Path:
+    """``value`` resolved by the rule of this module's docstring, as an absolute path."""
+    text = os.path.expanduser(os.fspath(value))
+    path = Path(text)
+    if path.is_absolute():
+        return path
+    explicit = text in (".", "..") or text.startswith(("./", "../", ".\\", "..\\"))
+    # hydra.job.chdir is false, so the current directory is still the one the command started in.
+    return (Path.cwd() / path) if explicit else (PROJECT_ROOT / path)
+
+
+def python_command(script: Path) -> str:
+    """How to run ``script`` from the current directory, correct as written: this very interpreter (the
+    project's venv, whether it is activated or not) and both paths relative when they lie below here."""
+
+    def shown(path: Path) -> str:
+        path = path.absolute()
+        return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
+
+    return f"{shlex.quote(shown(Path(sys.executable)))} {shlex.quote(shown(script))}"
