@@ -10,20 +10,16 @@ traceback; 128 + signal after SIGINT/SIGTERM (last.pth saved, resume command pri
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from petseg.cli import CONFIG_DIR, USAGE_ERROR, run_hydra_main
-from petseg.errors import PetsegError, TrainingDiverged
-
-log = logging.getLogger("petseg.train")
+from petseg.cli import CONFIG_DIR, run_hydra_main
+from petseg.paths import project_path
 
 # Launchers that run jobs in fresh processes (submitit locally or on SLURM) unpickle this module's
 # task function there: they need src/ importable, as it is for `python src/train.py`.
@@ -33,8 +29,9 @@ if _SRC not in os.environ.get("PYTHONPATH", "").split(os.pathsep):
 
 
 # ${pid:} in hydra.run.dir / hydra.sweep.dir (configs/train.yaml): this process's id, so runs started
-# in the same second never share a dir.
+# in the same second never share a dir. ${project:outputs}: outputs/ of the project, from any directory.
 OmegaConf.register_new_resolver("pid", os.getpid, use_cache=True, replace=True)
+OmegaConf.register_new_resolver("project", lambda path: str(project_path(path)), replace=True)
 
 
 # An absolute config_path: Hydra reads a relative one as a package path when this module is imported
@@ -43,34 +40,9 @@ OmegaConf.register_new_resolver("pid", os.getpid, use_cache=True, replace=True)
 def main(cfg: DictConfig) -> float:
     # torch and the rest load here, after Hydra read the command line: a mistake in it is reported
     # in a second, and a Ctrl-C during these imports is caught by cli().
-    from petseg.checks import check_train_config
-    from petseg.resume import config_for_resume
-    from petseg.run import fit
-    from petseg.signals import TrainingInterrupted
+    from petseg.run import run_job
 
-    hydra_cfg = HydraConfig.get()
-    run_dir = Path(hydra_cfg.runtime.output_dir)
-    try:
-        if cfg.trainer.resume:
-            cfg = config_for_resume(cfg, list(hydra_cfg.overrides.task))
-        check_train_config(cfg)
-        choices = {g: str(o) for g, o in hydra_cfg.runtime.choices.items() if o and not g.startswith("hydra")}
-        return fit(cfg, run_dir, choices)
-    except TrainingDiverged as err:
-        if hydra_cfg.mode != RunMode.MULTIRUN:
-            print(f"error: {err}", file=sys.stderr)
-            sys.exit(USAGE_ERROR)
-        # What the sweeper optimises: the best val Dice reached before diverging, 0 (the worst Dice)
-        # if no epoch finished. Not NaN: the Optuna sweeper cannot record a NaN trial and would stop.
-        score = max(err.best_metric, 0.0)
-        log.error("job %s diverged, the sweep goes on (its score: %.4f): %s", hydra_cfg.job.num, score, err)
-        return score
-    except TrainingInterrupted as stop:
-        log.warning("%s", stop)
-        sys.exit(stop.exit_code)
-    except PetsegError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(USAGE_ERROR)
+    return run_job(cfg, HydraConfig.get())
 
 
 def cli(argv: list[str] | None = None) -> int:

@@ -180,6 +180,25 @@ def test_evaluate_report_writes_group_tables_and_galleries(trained: Path, tmp_pa
             assert picture.height > 2 * 100  # two rows
 
 
+def test_report_goes_beside_the_output_and_says_where(trained: Path, tmp_path: Path):
+    output = tmp_path / "elsewhere" / "unet_test.json"
+    done = run(
+        "evaluate.py",
+        f"checkpoint={trained / 'best.pth'}",
+        "split=test",
+        f"output={output}",
+        "report=true",
+        "gallery_size=1",
+    )
+    report_dir = tmp_path / "elsewhere" / "unet_test"  # <output stem>/, not beside the checkpoint
+    assert (report_dir / "per_breed.csv").is_file() and (report_dir / "gallery_best.png").is_file()
+    assert (
+        done.stdout.rstrip().splitlines()[-1]
+        == f"report (per-breed tables, best/worst galleries) written to {report_dir}"
+    )
+    assert not list(trained.glob("best_test_metrics*"))
+
+
 def test_inference_on_a_folder_writes_masks_overlays_and_grid(trained: Path, tmp_path: Path):
     inputs = tmp_path / "in"
     inputs.mkdir()

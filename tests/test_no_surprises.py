@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -47,30 +48,143 @@ def test_a_smoke_run_never_exports(tmp_path: Path) -> None:
     assert "smoke run (trainer.limit_*): not exported" in done.stdout + done.stderr
 
 
-def test_runs_started_together_get_a_dir_each_and_say_which(tmp_path: Path) -> None:
-    """Two runs started in the same second, with the default run dir (relative to where they start)."""
-    args = [
-        *tiny_overrides(tmp_path, epochs=1),
-        "trainer.limit_train_batches=1",
-        "trainer.limit_val_batches=1",
-    ]
+def _train_from(cwd: Path, *args: str, count: int = 1) -> list[tuple[subprocess.Popen, str]]:
+    """``count`` train.py processes started together from ``cwd``; each with its combined output."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "0"}
     procs = [
         subprocess.Popen(
             [sys.executable, str(ROOT / "src" / "train.py"), *args],
-            cwd=tmp_path,
+            cwd=cwd,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
             env=env,
         )
-        for _ in range(2)
+        for _ in range(count)
     ]
-    outputs = [p.communicate(timeout=300)[0] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], outputs
-    run_dirs = sorted(p.parent for p in (tmp_path / "outputs").rglob("train.log"))
-    assert len(run_dirs) == 2  # not one dir with two interleaved logs
-    for out, proc in zip(outputs, procs, strict=True):
-        mine = [d for d in run_dirs if d.name.endswith(f"_{proc.pid}")]
-        assert len(mine) == 1 and f"run dir: {mine[0]}" in out
-        assert "checkpoints: " in out and str(mine[0] / "best.pth") in out
+    return [(p, p.communicate(timeout=300)[0]) for p in procs]
+
+
+@pytest.fixture
+def project_runs():
+    """Run dirs a test makes under the project's own outputs/ (the default place), removed after it."""
+    made: list[Path] = []
+    yield made
+    for run_dir in made:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def test_runs_started_together_get_a_dir_each_and_say_which(tmp_path: Path, project_runs: list) -> None:
+    """Two runs started in the same second from another directory, with the default run dir: each gets
+    its own under the project's outputs/, and nothing appears where they were started."""
+    args = [
+        *tiny_overrides(tmp_path, epochs=1),
+        "trainer.limit_train_batches=1",
+        "trainer.limit_val_batches=1",
+    ]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    done = _train_from(elsewhere, *args, count=2)
+    for proc, out in done:
+        assert proc.returncode == 0, out
+        said = [line.split("run dir: ", 1)[1].strip() for line in out.splitlines() if "run dir: " in line]
+        assert len(said) == 1, out
+        run_dir = Path(said[0])
+        project_runs.append(run_dir)
+        assert run_dir.name.endswith(f"_{proc.pid}") and run_dir.is_relative_to(ROOT / "outputs")
+        assert (run_dir / "train.log").is_file()  # its own log, not one shared by both
+        assert "checkpoints: " in out and str(run_dir / "best.pth") in out
+    assert len({d for d in project_runs}) == 2
+    assert list(elsewhere.iterdir()) == []  # no outputs/, saved_models/ or .cache/ here
+
+
+def test_a_plain_relative_data_root_is_the_projects_and_dot_slash_is_the_shells(tmp_path: Path) -> None:
+    from petseg.paths import PROJECT_ROOT, project_path
+
+    here = Path.cwd()
+    assert project_path("dataset/oxford-iiit-pet") == PROJECT_ROOT / "dataset" / "oxford-iiit-pet"
+    assert project_path("./pets") == here / "pets" and project_path("../pets") == here / ".." / "pets"
+    assert project_path(tmp_path) == tmp_path and project_path("~") == Path.home()
+    # Through the real command, from another directory: tests/data/... is found under the project.
+    rejected = run_from(tmp_path, "train.py", "data.root=tests/data/oxford-iiit-pet", "optim.lr=0")
+    assert rejected.returncode == 2 and "optim.lr must be a positive float" in rejected.stderr
+    missing = run_from(tmp_path, "train.py", *tiny_overrides(tmp_path), "data.root=./pets")
+    assert missing.returncode == 2
+    assert f"dataset root {tmp_path / 'pets'} does not exist" in missing.stderr
+    hint = missing.stderr.split("get the dataset with: ", 1)[1].split()
+    assert Path(hint[0]) == Path(sys.executable) and Path(hint[1]) == ROOT / "src" / "oxford_pet.py"
+    assert list(tmp_path.iterdir()) == [], "a rejected run leaves nothing where it was started"
+
+
+def run_from(cwd: Path, script: str, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "0"}
+    command = [sys.executable, str(ROOT / "src" / script), *args]
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=300, env=env)
+
+
+def test_an_error_after_work_started_is_in_train_log(tmp_path: Path) -> None:
+    # An lr that makes the loss explode: the run stops with one line, and its train.log says it too.
+    run_dir = tmp_path / "run"
+    done = run(
+        "train.py",
+        *tiny_overrides(tmp_path, epochs=2),
+        "optim.lr=1e12",
+        "trainer.grad_clip=null",
+        f"hydra.run.dir={run_dir}",
+        check=False,
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    error = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert len(error) == 1 and "became" in error[0]
+    assert error[0] in (run_dir / "train.log").read_text()
+
+
+def test_a_sweep_prints_its_dir_at_start_and_end(tmp_path: Path) -> None:
+    sweep_dir = tmp_path / "sweep"
+    done = run(
+        "train.py",
+        "-m",
+        *tiny_overrides(tmp_path, epochs=1),
+        "trainer.limit_train_batches=1",
+        "trainer.limit_val_batches=1",
+        "optim.lr=1e-3,3e-4",
+        f"hydra.sweep.dir={sweep_dir}",
+    )
+    lines = [line for line in done.stdout.splitlines() if line.startswith("sweep dir: ")]
+    assert len(lines) == 2 and lines[0] == f"sweep dir: {sweep_dir}", done.stdout
+    assert "sweep_summary.py" in lines[1] and lines[1].endswith(str(sweep_dir))
+    for job in ("0_unet", "1_unet"):
+        assert f"run dir: {sweep_dir / job}" in done.stdout + done.stderr
+
+
+def test_a_long_first_epoch_is_saved_by_time(tmp_path: Path) -> None:
+    """trainer.checkpoint.every_n_minutes: a tiny value saves last.pth after every step of the epoch."""
+    from conftest import compose_train
+    from petseg.build import build
+    from petseg.trainer import Trainer
+
+    cfg = compose_train(tmp_path, "trainer.epochs=1", "trainer.checkpoint.every_n_minutes=0.0001")
+    trainer = Trainer(cfg, build(cfg), tmp_path / "run")
+    (tmp_path / "run").mkdir()
+    saves: list[int] = []
+    real_save = trainer._save
+    trainer._save = lambda name: saves.append(trainer.progress.step) or real_save(name)  # type: ignore[method-assign]
+    trainer.train_epoch(0)
+    steps = trainer.built.steps_per_epoch
+    assert steps >= 2 and saves == list(range(1, steps))  # after each step but the last (the epoch end saves)
+    assert load_checkpoint(tmp_path / "run" / "last.pth")["progress"]["step"] == steps - 1
+
+
+def test_resuming_a_run_that_died_before_its_first_save_says_so(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    (run_dir / ".hydra").mkdir(parents=True)  # what Hydra made before the run was killed
+    done = run("train.py", f"trainer.resume={run_dir}", check=False)
+    assert done.returncode == 2
+    assert "this run stopped before its first save" in done.stderr and "start it again" in done.stderr
+
+
+def test_train_help_says_where_each_option_is_explained() -> None:
+    done = run("train.py", "--help")
+    assert done.stdout.startswith("python src/train.py [group=option ...] [key=value ...]")
+    assert "model: resnet34_unet, unet" in done.stdout  # the group options...
+    assert "the comments in configs/<group>/<option>.yaml" in done.stdout  # ...and where they are explained

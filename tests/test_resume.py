@@ -93,10 +93,12 @@ def signal_after_a_save(*targets: tuple[subprocess.Popen, Path, int], timeout: f
 
 
 def printed_resume(text: str) -> list[str]:
-    """The arguments of the resume command the run printed (after 'python src/train.py')."""
-    found = re.findall(r"Resume with:\s*\n\s*python (\S+) (.+)", text)
+    """The arguments of the resume command the run printed (after '<this python> src/train.py'): correct
+    as written, its interpreter is this very one (the venv's, activated or not)."""
+    found = re.findall(r"Resume with:\s*\n\s*(\S+) (\S+) (.+)", text)
     assert found, text[-3000:]
-    script, args = found[-1]
+    python, script, args = found[-1]
+    assert Path(python).absolute() == Path(sys.executable).absolute()  # the test runs from ROOT
     assert (ROOT / script).resolve() == ROOT / "src" / "train.py"
     return shlex.split(args)
 

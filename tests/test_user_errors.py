@@ -72,7 +72,10 @@ def test_real_commands_exit_2_with_one_line(tmp_path: Path):
             ["train.py", *tiny(), "model=vit"],
             ["unknown model 'vit' (model=vit); valid: resnet34_unet, unet"],
         ),
-        "unknown key": (["train.py", *tiny(), "trainer.foo=1"], ["Could not override 'trainer.foo'"]),
+        "unknown key": (
+            ["train.py", *tiny(), "trainer.foo=1"],
+            ["unknown key 'trainer.foo' (trainer.foo=1)"],
+        ),
         "image size": (
             ["train.py", *tiny(), "data.image_size=40"],
             ["not a multiple of 16 for unet", "32 or 48"],
@@ -167,7 +170,12 @@ CONFIG_MISTAKES = {
     "trainer.amp=fp8": "trainer.amp=fp8 is not one of auto, off, bf16, fp16",
     "trainer.checkpoint.every_n_steps=0": "trainer.checkpoint.every_n_steps must be a positive int, got 0",
     "aug.train.0._target_=albumentations.Nope": "aug 'default': cannot build train[0]",
-    "trainer.foo=1": "Could not override 'trainer.foo'. To append to your config use +trainer.foo=1",
+    "trainer.foo=1": "unknown key 'trainer.foo' (trainer.foo=1); --help lists the keys",
+    "optim.lrr=1e-3": "unknown key 'optim.lrr' (optim.lrr=1e-3); did you mean optim.lr?",
+    "+optim.lrr=1e-3": "unknown key 'optim.lrr' (+optim.lrr=1e-3); did you mean optim.lr?",
+    "++optim.lrr=1e-3": "unknown key 'optim.lrr' (++optim.lrr=1e-3); did you mean optim.lr?",
+    "epochs=1": "unknown key 'epochs' (epochs=1); did you mean trainer.epochs?",
+    "trainer.checkpoint.every_n_minutes=0": "trainer.checkpoint.every_n_minutes (or null) must be a positive",
     "optim.lr=[": "cannot parse override 'optim.lr=[': no viable alternative at input '['",
     "model=unet,resnet34_unet": "Ambiguous value for argument 'model=unet,resnet34_unet'",
     "trainer.resume=/no/such/run": "trainer.resume=/no/such/run: no checkpoint there",
@@ -184,7 +192,8 @@ def test_config_mistakes_are_one_line_and_exit_code_2(
     code, err = run_train(argv, tmp_path / "run", capsys)
     assert code == 2, err
     assert_one_error_line(err, CONFIG_MISTAKES[override])
-    assert not list((tmp_path / "run").glob("*.pth")) and not (tmp_path / "run" / "tb").exists()
+    assert "+" not in err.replace(override, "")  # never advises adding a key nothing would read
+    assert not (tmp_path / "run").exists()  # rejected before any work: nothing left behind
 
 
 def test_a_missing_dataset_says_how_to_download(tmp_path: Path, capsys: pytest.CaptureFixture):
@@ -320,7 +329,8 @@ COMMAND_MISTAKES = {
     "data.image_size=250": "image size 250x250 is not a multiple of 16 for unet",
     "data.batch_size=0": "data.batch_size must be a positive int, got 0",
     "device=gpu0": "device=gpu0 is not a device",
-    "data.imag_size=64": "unknown data key(s) imag_size",
+    "data.imag_size=64": "unknown key 'data.imag_size' (data.imag_size=64); did you mean data.image_size?",
+    "treshold=0.4": "unknown key 'treshold' (treshold=0.4); did you mean threshold?",
 }
 
 

@@ -26,6 +26,7 @@ from torch import nn
 from models import build_model
 from petseg.cli import is_multirun
 from petseg.errors import PetsegError
+from petseg.paths import project_path
 from petseg.upgrade import upgrade_config
 
 log = logging.getLogger("petseg.train")
@@ -278,7 +279,7 @@ def export_best(run_dir: Path, cfg: DictConfig, best_metric: float, best_epoch: 
             ckpt_cfg.export_dir,
         )
         return None
-    target = Path(ckpt_cfg.export_dir) / f"{cfg.model.name}.pth"
+    target = project_path(ckpt_cfg.export_dir) / f"{cfg.model.name}.pth"  # the project's saved_models/
     if target.exists() and not ckpt_cfg.overwrite:
         log.warning(
             "%s already exists and was kept; this run's best weights (val Dice %.4f) are %s. To replace "

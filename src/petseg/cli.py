@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
 import re
@@ -79,6 +80,13 @@ def load_cli_config(name: str, argv: list[str]) -> DictConfig:
     bad = [arg for arg in argv if "=" not in arg or arg.startswith("=")]
     if bad:
         raise PetsegError(f"arguments must look like key=value, got: {' '.join(bad)}")
+    tree = OmegaConf.to_container(base, resolve=False)
+    known = _dotted_keys(tree)
+    open_trees = {key for key, value in tree.items() if value == {}}  # data: {} takes data.<any>
+    for arg in argv:
+        key = _override_key(arg)[1]
+        if key not in known and key.split(".", 1)[0] not in open_trees:
+            raise PetsegError(unknown_key_message(key, arg, known))
     try:
         cfg = OmegaConf.merge(base, OmegaConf.from_dotlist(argv))
     except OmegaConfBaseException as err:
@@ -149,11 +157,91 @@ def quiet_other_ranks(argv: list[str]) -> list[str]:
     return [*keep, "hydra.run.dir=.", "hydra.output_subdir=null", "hydra/job_logging=disabled"]
 
 
-def hydra_error_message(err: CompactHydraException) -> str:
+# ------------------------------------------------------------------------------ unknown keys
+def _override_key(arg: str) -> tuple[str, str]:
+    """('+', 'optim.lrr') for '+optim.lrr=1e-3'; ('', 'epochs') for 'epochs=1' (also '~key')."""
+    key = arg.split("=", 1)[0]
+    stripped = key.lstrip("+~")
+    return key[: len(key) - len(stripped)], stripped
+
+
+def _is_group(key: str) -> bool:
+    """A config group (model, experiment, hydra/launcher, ...), not a key inside the config."""
+    return "." not in key and (key.startswith("hydra/") or (CONFIG_DIR / key).is_dir())
+
+
+def known_keys(argv: list[str]) -> list[str]:
+    """Every key (dotted, nested ones too) of train.py's config composed with the group choices of
+    ``argv``: what a key=value override may set."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    groups = [a for a in argv if "=" in a and not a.startswith(("+", "~")) and _is_group(_override_key(a)[1])]
+    GlobalHydra.instance().clear()  # a failed run may have left Hydra initialised
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            cfg = compose("train", overrides=groups)
+    except Exception:  # noqa: BLE001  (a bad group choice: its own error comes from Hydra)
+        return []
+    finally:
+        GlobalHydra.instance().clear()
+    return _dotted_keys(OmegaConf.to_container(cfg, resolve=False))
+
+
+def _dotted_keys(tree: Any, prefix: str = "") -> list[str]:
+    """Every key of a nested dict, dotted: 'trainer', 'trainer.checkpoint', 'trainer.checkpoint.overwrite'."""
+    keys: list[str] = []
+    for name, value in tree.items():
+        keys.append(prefix + str(name))
+        if isinstance(value, dict):
+            keys.extend(_dotted_keys(value, f"{prefix}{name}."))
+    return keys
+
+
+def unknown_key_message(key: str, override: str, known: list[str]) -> str:
+    """'unknown key ... did you mean ...': the same key name elsewhere (epochs -> trainer.epochs),
+    then the closest spellings. Never a '+' to add it: a key the config lacks would be ignored."""
+    last = key.rsplit(".", 1)[-1]
+    settable = [k for k in known if not any(part.startswith("_") for part in k.split("."))]  # not _target_
+    same_name = [k for k in settable if k.rsplit(".", 1)[-1] == last and k != key]
+    close = difflib.get_close_matches(key, settable, n=2, cutoff=0.8)
+    suggestions = list(dict.fromkeys([*same_name, *close]))
+    hint = f"did you mean {' or '.join(suggestions[:3])}?" if suggestions else "--help lists the keys"
+    return f"unknown key '{key}' ({override}); {hint}"
+
+
+def check_added_keys(argv: list[str]) -> None:
+    """Refuse `+key=value` / `++key=value` for a key the config does not define: Hydra would add it
+    and the run would silently ignore it (a typo such as +optim.lrr=1e-3)."""
+    added = [a for a in argv if "=" in a and a.startswith("+")]
+    added = [
+        a
+        for a in added
+        if not _is_group(_override_key(a)[1]) and not _override_key(a)[1].startswith("hydra.")
+    ]
+    if not added:
+        return
+    known = known_keys(argv)
+    for arg in added:
+        key = _override_key(arg)[1]
+        if known and key not in known:
+            raise PetsegError(unknown_key_message(key, arg, known))
+
+
+_NOT_IN_STRUCT = re.compile(r"Could not override '([^']+)'")
+
+
+def hydra_error_message(err: CompactHydraException, argv: list[str] | None = None) -> str:
     """One line for Hydra's complaint about the command line (an unknown option, key or syntax)."""
     if isinstance(err, MissingConfigException) and err.missing_cfg_file and "/" in err.missing_cfg_file:
         group, option = err.missing_cfg_file.rsplit("/", 1)
         return unknown_option_message(group, option)
+    unknown = _NOT_IN_STRUCT.match(str(err))
+    if unknown and argv is not None:
+        # Hydra's own text advises `+key=value`, which would add a key that nothing reads.
+        key = unknown.group(1)
+        override = next((a for a in argv if _override_key(a)[1] == key), key)
+        return unknown_key_message(key, override, known_keys(argv))
     lines = []
     for line in str(err).splitlines():
         if line.startswith(("Config search path", "See https://")):
@@ -184,6 +272,7 @@ def run_hydra_main(main: Callable[[], Any], argv: list[str] | None = None) -> in
         from petseg.resume import continue_in_resumed_run
 
         argv = quiet_other_ranks(continue_in_resumed_run(argv))
+        check_added_keys(argv)
         sys.argv = [saved_argv[0] if saved_argv else "train.py", *argv]
         os.environ["HYDRA_FULL_ERROR"] = "1"
         main()
@@ -194,7 +283,7 @@ def run_hydra_main(main: Callable[[], Any], argv: list[str] | None = None) -> in
         print(f"error: {err}", file=sys.stderr)
         return USAGE_ERROR
     except CompactHydraException as err:
-        print(f"error: {hydra_error_message(err)}", file=sys.stderr)
+        print(f"error: {hydra_error_message(err, argv)}", file=sys.stderr)
         return USAGE_ERROR
     except KeyboardInterrupt as err:  # Ctrl-C before training started, or a second signal during it
         print(f"error: interrupted{f' ({err})' if str(err) else ''}", file=sys.stderr)

@@ -1,29 +1,37 @@
-"""One training run from a config: signals, processes, the run dir, build, resume, Trainer.fit."""
+"""One training run from a config: signals, processes, the run dir, build, resume, Trainer.fit; and
+train.py's job around it: check the config, and end every way a run can end in one clear line."""
 
 from __future__ import annotations
 
 import logging
+import shutil
+import sys
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from petseg.build import Built, build
 from petseg.checkpoint import remove_partial_writes
+from petseg.cli import USAGE_ERROR
 from petseg.distributed import DistInfo, broadcast_object, init_distributed, shutdown
-from petseg.resume import resolve_resume
-from petseg.signals import StopSignals
+from petseg.errors import PetsegError, TrainingDiverged
+from petseg.resume import resolve_resume, resume_trainer
+from petseg.signals import StopSignals, TrainingInterrupted
 from petseg.trainer import Trainer
 
 log = logging.getLogger("petseg.train")
 
 
 def _describe(cfg: DictConfig, built: Built, dist: DistInfo) -> str:
-    rt = built.runtime
+    runtime = built.runtime
     ddp = f"; {dist.world_size} processes (DDP), global batch {dist.world_size * int(cfg.data.batch_size)}"
     return (
         f"model {cfg.model.name} ({sum(p.numel() for p in built.model.parameters()) / 1e6:.2f}M params) on "
-        f"{rt.device}, {rt.describe()['amp']}, channels_last={rt.channels_last} ({rt.why}); "
+        f"{runtime.device}, {runtime.describe()['amp']}, channels_last={runtime.channels_last} "
+        f"({runtime.why}); "
         f"{len(built.train_set)} train / {len(built.val_set)} valid images{ddp if dist.enabled else ''}"
     )
 
@@ -51,8 +59,61 @@ def fit(cfg: DictConfig, run_dir: str | Path, choices: Mapping[str, str] | None 
             built = build(cfg, dist)
             trainer = Trainer(cfg, built, run_dir, dist, stop, choices)
             if cfg.trainer.resume:
-                trainer.resume(resolve_resume(cfg.trainer.resume))
+                resume_trainer(trainer, resolve_resume(cfg.trainer.resume))
             log.info("%s", _describe(cfg, built, dist))
             return trainer.fit()
         finally:
             shutdown(dist)
+
+
+def run_job(cfg: DictConfig, hydra_cfg: Any) -> float:
+    """train.py's job in the run dir Hydra made: check the config, resume if asked, fit; the best val
+    Dice (what sweepers optimise). A user mistake exits with code 2 after one line on stderr; it is
+    written to the run's train.log too, or, when the run did no work yet, its empty dir is removed."""
+    from petseg.checks import check_train_config
+    from petseg.resume import config_for_resume
+
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    try:
+        if cfg.trainer.resume:
+            cfg = config_for_resume(cfg, list(hydra_cfg.overrides.task))
+        check_train_config(cfg)
+        choices = {g: str(o) for g, o in hydra_cfg.runtime.choices.items() if o and not g.startswith("hydra")}
+        return fit(cfg, run_dir, choices)
+    except TrainingDiverged as err:
+        if hydra_cfg.mode != RunMode.MULTIRUN:
+            _end_with_error(err, run_dir, cfg.trainer.resume)
+        # What the sweeper optimises: the best val Dice reached before diverging, 0 (the worst Dice)
+        # if no epoch finished. Not NaN: the Optuna sweeper cannot record a NaN trial and would stop.
+        score = max(err.best_metric, 0.0)
+        log.error("job %s diverged, the sweep goes on (its score: %.4f): %s", hydra_cfg.job.num, score, err)
+        return score
+    except TrainingInterrupted as stop:
+        log.warning("%s", stop)
+        sys.exit(stop.exit_code)
+    except PetsegError as err:
+        _end_with_error(err, run_dir, cfg.trainer.resume)
+
+
+# What Hydra writes into a new run dir before the job starts: a dir holding nothing else did no work.
+_HYDRA_STARTUP_FILES = {".hydra", "train.log"}
+
+
+def _end_with_error(err: PetsegError, run_dir: Path, resume: str | None) -> None:
+    print(f"error: {err}", file=sys.stderr)
+    # The dir of a run being resumed is the user's, whatever it holds; a fresh one may go.
+    target = Path(str(resume)).expanduser().absolute() if resume else None
+    fresh = target is None or run_dir.absolute() not in (target, target.parent)
+    if fresh and run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= _HYDRA_STARTUP_FILES:
+        shutil.rmtree(run_dir, ignore_errors=True)  # rejected before any work: leave nothing behind
+    else:
+        _to_log_files(logging.ERROR, f"error: {err}")
+    sys.exit(USAGE_ERROR)
+
+
+def _to_log_files(level: int, message: str) -> None:
+    """Write ``message`` to the log files (train.log) only: the console has it already."""
+    record = log.makeRecord(log.name, level, __file__, 0, message, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
