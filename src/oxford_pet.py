@@ -16,7 +16,6 @@ Run ``python src/oxford_pet.py --root <root> [--download] [--verify]`` for a sum
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from collections.abc import Sequence
@@ -377,36 +376,11 @@ def build_dataset(data_cfg: Any, aug_cfg: Any, split: str) -> OxfordPetDataset:
     )
 
 
-def download(root: Path) -> None:
-    """Download and extract the official release into ``root`` (see src/petseg/download.py)."""
-    from petseg.download import download_oxford_pet
-
-    download_oxford_pet(Path(root))
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python src/oxford_pet.py",
-        description="Summarise an Oxford-IIIT Pet copy: pairs per split, missing files, odd or broken files.",
-        epilog="Exit status: 0 usable (also when partial), 1 --verify found broken files, 2 root unusable.",
-    )
-    parser.add_argument("--root", type=Path, default=Path("dataset/oxford-iiit-pet"), help="dataset root")
-    parser.add_argument(
-        "--download", action="store_true", help="download the official release into --root first"
-    )
-    parser.add_argument("--verify", action="store_true", help="decode every image and trimap (slower)")
-    args = parser.parse_args(argv)
-    from petseg.data_report import format_report, inspect_root
+    """``python src/oxford_pet.py --root <root> [--download] [--verify]``: petseg/data_report.py."""
+    from petseg.data_report import main as report_main
 
-    try:
-        if args.download:
-            download(args.root)
-        report = inspect_root(args.root, verify=args.verify)
-    except PetsegError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(format_report(report))
-    return 1 if report.errors else 0
+    return report_main(argv)
 
 
 if __name__ == "__main__":

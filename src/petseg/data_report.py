@@ -3,7 +3,9 @@ files; the summary ``python src/oxford_pet.py --root <root>`` prints."""
 
 from __future__ import annotations
 
+import argparse
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +25,7 @@ from oxford_pet import (
     trimap_path,
 )
 from petseg.errors import PetsegError
+from petseg.paths import project_path
 
 # ------------------------------------------------------------------------------------------ inspection
 
@@ -151,3 +154,32 @@ def format_report(report: RootReport) -> str:
     else:
         lines.append("file contents not checked (existence only); --verify decodes every file")
     return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command of src/oxford_pet.py: download (optionally) and summarise a copy on disk."""
+    parser = argparse.ArgumentParser(
+        prog="python src/oxford_pet.py",
+        description="Summarise an Oxford-IIIT Pet copy: pairs per split, missing files, odd or broken files.",
+        epilog="Exit status: 0 usable (also when partial), 1 --verify found broken files, 2 root unusable.",
+    )
+    parser.add_argument(
+        "--root", type=str, default="dataset/oxford-iiit-pet", help="dataset root (petseg/paths.py rules)"
+    )
+    parser.add_argument(
+        "--download", action="store_true", help="download the official release into --root first"
+    )
+    parser.add_argument("--verify", action="store_true", help="decode every image and trimap (slower)")
+    args = parser.parse_args(argv)
+    root = project_path(args.root)
+    try:
+        if args.download:
+            from petseg.download import download_oxford_pet
+
+            download_oxford_pet(root)
+        report = inspect_root(root, verify=args.verify)
+    except PetsegError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(format_report(report))
+    return 1 if report.errors else 0
