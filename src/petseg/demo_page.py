@@ -37,7 +37,7 @@ NO_TRUTH = "no ground truth for an uploaded photo"
 # four times per request.
 PNG_MAX_PIXELS = 2_000_000
 HEIGHT = 240  # px of each picture's box on the page, so the four line up whatever the photo's shape
-CSS = ".petseg-status { padding-left: 2px; } .petseg-status p { font-size: 1.05em; }"
+CSS = "#status { padding-left: 4px !important; } #status p { font-size: 1.05em; }"
 
 
 class DemoPage:
@@ -83,9 +83,7 @@ class DemoPage:
                         value=tta, label="Flip TTA (mean with the mirror image)", elem_id="tta"
                     )
                 with gr.Column(scale=4):
-                    self.status = gr.Markdown(
-                        "Upload a photo or pick a test image.", elem_id="status", elem_classes="petseg-status"
-                    )
+                    self.status = gr.Markdown("Upload a photo or pick a test image.", elem_id="status")
                     with gr.Row(equal_height=False):
                         self.photo = gr.Image(label="Photo", height=HEIGHT, elem_id="photo")
                         self.truth = gr.Image(label="Ground truth", height=HEIGHT, elem_id="truth")
@@ -158,7 +156,7 @@ class DemoPage:
         if photo is None:
             yield self._blank("Upload a photo or pick a test image.")
             return
-        head = f"**{photo.caption()}**" + "".join(f"  \n{note}" for note in photo.notes)
+        head = f"Photo: **{photo.caption()}**" + "".join(f"  \n{note}" for note in photo.notes)
         truth = None if photo.truth is None else picture(overlay(photo.image, photo.truth))
         values = [
             f"{head}  \nPredicting...",
