@@ -9,6 +9,7 @@ import csv
 import importlib
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -36,6 +37,14 @@ def demo_dependency(module: str) -> ModuleType:
         if os.environ.get("CI", "").lower() in ("1", "true"):
             pytest.fail(f"{module} is missing in CI ({err}); .ci/run must {hint}")
         pytest.skip(f"{module} is not installed; {hint}")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def gradio_temp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The page's pictures go to Gradio's folder (GRADIO_TEMP_DIR): a temporary one, not /tmp/gradio."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("GRADIO_TEMP_DIR", str(tmp_path_factory.mktemp("gradio")))
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -96,6 +96,15 @@ class DemoServer:
         return self.process.returncode
 
 
+@pytest.fixture(scope="module", autouse=True)
+def gradio_temp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Gradio's files (the server's pictures, the client's downloads) in a temporary folder; the
+    server started below inherits it."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("GRADIO_TEMP_DIR", str(tmp_path_factory.mktemp("gradio")))
+        yield
+
+
 @pytest.fixture(scope="module")
 def server() -> Iterator[DemoServer]:
     demo_dependency("gradio")
