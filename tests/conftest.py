@@ -10,6 +10,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
+import petseg  # noqa: F401  first: it turns albumentations' PyPI version check off for every test
+
 DATA_DIR = Path(__file__).resolve().parent / "data"
 SAMPLE_ROOT = DATA_DIR / "oxford-iiit-pet"
 FULL_LISTS = DATA_DIR / "full_lists"
