@@ -41,11 +41,13 @@ def tiny_overrides(tmp: Path, epochs: int = 2) -> list[str]:
     )
 
 
-def run(script: str, *args: str, check: bool = True, timeout: int = 300) -> subprocess.CompletedProcess:
+def run(
+    script: str, *args: str, check: bool = True, timeout: int = 300, cwd: Path = ROOT
+) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "0"}
     result = subprocess.run(
         [sys.executable, str(ROOT / "src" / script), *args],
-        cwd=ROOT,
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=timeout,
