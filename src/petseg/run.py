@@ -104,6 +104,7 @@ def _end_with_error(err: PetsegError, run_dir: Path, resume: str | None) -> None
     # The dir of a run being resumed is the user's, whatever it holds; a fresh one may go.
     target = Path(str(resume)).expanduser().absolute() if resume else None
     fresh = target is None or run_dir.absolute() not in (target, target.parent)
+    fresh = fresh and run_dir.resolve() != Path.cwd().resolve()  # torchrun's other ranks get "."
     if fresh and run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= _HYDRA_STARTUP_FILES:
         shutil.rmtree(run_dir, ignore_errors=True)  # rejected before any work: leave nothing behind
     else:
