@@ -206,16 +206,6 @@ def trimap_to_mask(trimap: np.ndarray) -> np.ndarray:
     return ((trimap == TRIMAP_PET) | (trimap == TRIMAP_BORDER)).astype(np.uint8)
 
 
-# The reference protocol scores every prediction against the trimap resized to this size (by PIL NEAREST).
-REFERENCE_SIZE = 256
-
-
-def reference_mask(mask: np.ndarray, size: int = REFERENCE_SIZE) -> np.ndarray:
-    """A binary uint8 mask (H, W) resized to size x size by PIL's NEAREST: the ground truth of the
-    reference protocol (SimpleOxfordPetDataset resizes its trimaps exactly this way)."""
-    return np.asarray(Image.fromarray(mask).resize((size, size), Image.NEAREST), dtype=np.uint8).copy()
-
-
 # -------------------------------------------------------------------------------------------- dataset
 
 

@@ -15,10 +15,10 @@ from PIL import Image
 from torch import nn
 
 import oxford_pet
-from oxford_pet import build_dataset, reference_mask
+from oxford_pet import build_dataset
 from petseg import transforms
 from petseg.errors import PetsegError
-from petseg.evaluation import ReferenceTargets, check_tta, evaluate, predict_logits
+from petseg.evaluation import ReferenceTargets, check_tta, evaluate, predict_logits, reference_mask
 from petseg.loaders import build_dataloader
 from petseg.model_input import ModelInput
 from petseg.runtime import setup_runtime

@@ -266,8 +266,7 @@ class Prediction:
 def predict(predictor: Any, photo: Photo, threshold: float, tta: bool) -> Prediction:
     """One model on one photo: the same logits give the full-size mask (overlay) and the reference
     protocol's 256x256 mask (Dice against the trimap resized by nearest neighbour), as evaluate.py does."""
-    from oxford_pet import REFERENCE_SIZE, reference_mask
-    from petseg.evaluation import resize_logits
+    from petseg.evaluation import REFERENCE_SIZE, reference_mask, resize_logits
     from petseg.pictures import overlay
     from utils import binarize, dice_per_image
 

@@ -19,15 +19,25 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 from tqdm import tqdm
 
-from oxford_pet import REFERENCE_SIZE, reference_mask
 from petseg.distributed import SINGLE, DistInfo, all_gather_list, all_sum
 from petseg.errors import PetsegError
 from petseg.model_input import ModelInput
 from petseg.runtime import Runtime
 from utils import DiceMeter, binarize
+
+# The reference protocol scores every prediction against the trimap resized to this size (by PIL NEAREST).
+REFERENCE_SIZE = 256
+
+
+def reference_mask(mask: np.ndarray, size: int = REFERENCE_SIZE) -> np.ndarray:
+    """A binary uint8 mask (H, W) resized to size x size by PIL's NEAREST: the ground truth of the
+    reference protocol (SimpleOxfordPetDataset resizes its trimaps exactly this way)."""
+    return np.asarray(Image.fromarray(mask).resize((size, size), Image.NEAREST), dtype=np.uint8).copy()
+
 
 # Printed and written in this order: the reference protocol first.
 PROTOCOLS: tuple[str, ...] = ("dice_256", "dice_native", "dice_input")
