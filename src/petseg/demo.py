@@ -20,6 +20,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from petseg.errors import PetsegError
+from petseg.paths import PROJECT_ROOT, shown_path
 
 # The two columns of the page: command-line key -> (title, model name train.py gives it).
 SLOTS: dict[str, tuple[str, str]] = {"unet": ("UNet", "unet"), "resnet": ("ResNet34-UNet", "resnet34_unet")}
@@ -79,14 +80,6 @@ def checkpoint_hint(key: str) -> str:
     )
 
 
-def shown_path(path: Path) -> str:
-    """A path as the page shows it: relative to the project when inside it (saved_models/unet.pth)."""
-    from petseg.paths import PROJECT_ROOT
-
-    path = Path(path)
-    return str(path.relative_to(PROJECT_ROOT)) if path.is_relative_to(PROJECT_ROOT) else str(path)
-
-
 @dataclass
 class ModelSlot:
     """One column of the page: a loaded model, or why there is none."""
@@ -109,7 +102,7 @@ class ModelSlot:
             epoch = f" (epoch {a['epoch']})" if a.get("epoch") is not None else ""
             images = f" on {a['train_images']:,} images" if a.get("train_images") else ""
             text = (
-                f"**{self.title}** from `{shown_path(self.path)}`  \n"
+                f"**{self.title}** from `{shown_path(self.path, PROJECT_ROOT)}`  \n"
                 f"trained at {a['image_size']} px{images}, {dice}{epoch}"
             )
         return text if markdown else text.replace("**", "").replace("`", "").replace("  \n", ", ")

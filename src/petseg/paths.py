@@ -27,12 +27,14 @@ def project_path(value: str | os.PathLike[str]) -> Path:
     return (Path.cwd() / path) if explicit else (PROJECT_ROOT / path)
 
 
+def shown_path(path: str | os.PathLike[str], base: Path) -> str:
+    """``path`` as a message shows it: relative to ``base`` when it lies below it, else absolute."""
+    path = Path(path).absolute()
+    return str(path.relative_to(base)) if path.is_relative_to(base) else str(path)
+
+
 def python_command(script: Path) -> str:
     """How to run ``script`` from the current directory, correct as written: this very interpreter (the
     project's venv, whether it is activated or not) and both paths relative when they lie below here."""
-
-    def shown(path: Path) -> str:
-        path = path.absolute()
-        return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
-
-    return f"{shlex.quote(shown(Path(sys.executable)))} {shlex.quote(shown(script))}"
+    here = Path.cwd()
+    return f"{shlex.quote(shown_path(sys.executable, here))} {shlex.quote(shown_path(script, here))}"
