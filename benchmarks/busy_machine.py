@@ -44,10 +44,9 @@ def worker(args: argparse.Namespace) -> None:
     from omegaconf import OmegaConf
 
     from models import build_model
-    from petseg.build import build_loss, build_optimizer, built_for_step
+    from petseg.build import build_loss, build_optimizer, trainer_for_step
     from petseg.model_input import ModelInput
     from petseg.runtime import setup_runtime
-    from petseg.trainer import Trainer
 
     if os.environ.get("PETSEG_BENCH_THREADS"):
         torch.set_num_threads(int(os.environ["PETSEG_BENCH_THREADS"]))
@@ -63,8 +62,8 @@ def worker(args: argparse.Namespace) -> None:
     }
     model_input = ModelInput.of(OmegaConf.load(ROOT / "configs" / "data" / "oxford_pet.yaml"), rt)
     # The trainer's own step (forward, loss, backward, clip, optimiser step) on a synthetic batch.
-    built = built_for_step(rt, model_input, model, optimizer, loss_fn)
-    trainer = Trainer(OmegaConf.create({"trainer": trainer}), built, ROOT)
+    clip = None if trainer.grad_clip is None else float(trainer.grad_clip)
+    trainer = trainer_for_step(rt, model_input, model, optimizer, loss_fn, clip)
     model.train()
 
     def step() -> None:

@@ -7,7 +7,7 @@ Rows (``--models`` x ``--variants``):
   configs/trainer/default.yaml (amp / channels_last / retain_host_memory 'auto' resolved here, compile
   as configured), optim.build_optimizer (AdamW, fused on CPU and CUDA), losses.build_loss (BCE + Dice),
   grad clipping as configured: ``Trainer.train_step`` itself (src/petseg/trainer.py) on a synthetic
-  batch, with a constant schedule (petseg.build.built_for_step); no data loading.
+  batch, with a constant schedule (petseg.build.trainer_for_step); no data loading.
 * explicit settings joined by '+': ``fp32`` or ``bf16`` (autocast), ``cl`` (channels_last),
   ``compile`` (torch.compile, inductor), e.g. ``fp32+cl`` or ``bf16+cl+compile``; the rest as in
   default (setup_runtime still runs, so retained host memory on CPU applies to these rows too).
@@ -72,7 +72,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from models import build_model  # noqa: E402
-from petseg.build import build_loss, build_optimizer, built_for_step  # noqa: E402  (src/ on sys.path first)
+from petseg.build import build_loss, build_optimizer, trainer_for_step  # noqa: E402  (src/ on sys.path first)
 from petseg.model_input import ModelInput  # noqa: E402
 from petseg.optim import FUSED_ADAMW_DEVICES  # noqa: E402
 from petseg.runtime import Runtime, setup_runtime  # noqa: E402
@@ -244,10 +244,8 @@ def build_row(spec: RowSpec, args: argparse.Namespace) -> Row:
     model_input = ModelInput.of(OmegaConf.load(REPO / "configs" / "data" / "oxford_pet.yaml"), runtime)
     trainer = None
     if spec.model_name != SMP:  # our rows time the trainer's own step
-        cfg = OmegaConf.create({"trainer": OmegaConf.to_container(trainer_cfg, resolve=True)})
-        cfg.trainer.grad_clip = clip
         loss = build_loss(default_configs(args.device)[2])
-        trainer = Trainer(cfg, built_for_step(runtime, model_input, model, optimizer, loss), Path("."))
+        trainer = trainer_for_step(runtime, model_input, model, optimizer, loss, clip)
     return Row(spec, runtime, model_input, clip, model, runtime.compile_model(model), optimizer, trainer)
 
 

@@ -9,10 +9,9 @@ import pytest
 import torch
 
 from conftest import compose_train
-from petseg.build import build
+from petseg.build import build, build_trainer
 from petseg.checks import check_train_config
 from petseg.cli import CONFIG_DIR, config_options
-from petseg.trainer import Trainer
 
 GROUPS = ("model", "data", "aug", "optim", "sched", "loss", "trainer", "experiment", "debug")
 OPTIONS = [(group, option) for group in GROUPS for option in config_options(group)]
@@ -32,7 +31,7 @@ def test_option_composes_checks_and_builds(group: str, option: str, tmp_path: Pa
             assert cfg.model.name == option
         check_train_config(cfg)
         built = build(cfg)
-        trainer = Trainer(cfg, built, tmp_path / "run")
+        trainer = build_trainer(cfg, built, tmp_path / "run")
         built.train_loader.sampler.set_epoch(0)
         loss_sum, _dice_sum, n = trainer.train_step(next(iter(built.train_loader))).tolist()
         assert n == cfg.data.batch_size and torch.isfinite(torch.tensor(loss_sum))

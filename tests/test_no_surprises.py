@@ -156,15 +156,14 @@ def test_a_sweep_prints_its_dir_at_start_and_end(tmp_path: Path) -> None:
 def test_a_long_first_epoch_is_saved_by_time(tmp_path: Path) -> None:
     """trainer.checkpoint.every_n_minutes: a tiny value saves last.pth after every step of the epoch."""
     from conftest import compose_train
-    from petseg.build import build
-    from petseg.trainer import Trainer
+    from petseg.build import build, build_trainer
 
     cfg = compose_train(tmp_path, "trainer.epochs=1", "trainer.checkpoint.every_n_minutes=0.0001")
-    trainer = Trainer(cfg, build(cfg), tmp_path / "run")
+    trainer = build_trainer(cfg, build(cfg), tmp_path / "run")
     (tmp_path / "run").mkdir()
     saves: list[int] = []
-    real_save = trainer._save
-    trainer._save = lambda name: saves.append(trainer.progress.step) or real_save(name)  # type: ignore[method-assign]
+    real_save = trainer.save
+    trainer.save = lambda name: saves.append(trainer.progress.step) or real_save(name)  # type: ignore[method-assign]
     trainer.train_epoch(0)
     steps = trainer.built.steps_per_epoch
     assert steps >= 2 and saves == list(range(1, steps))  # after each step but the last (the epoch end saves)

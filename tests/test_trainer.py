@@ -13,8 +13,7 @@ import torch
 from omegaconf import DictConfig
 
 from conftest import compose_train
-from petseg.build import Built, build
-from petseg.trainer import Trainer
+from petseg.build import Built, build, build_trainer
 from utils import binarize, dice_per_image
 
 SAMPLE = Path(__file__).resolve().parent / "data" / "oxford-iiit-pet"
@@ -45,7 +44,7 @@ def params(model: torch.nn.Module) -> torch.Tensor:
 def test_train_step_steps_once_and_returns_the_batch_sums(tmp_path: Path) -> None:
     cfg = tiny_cfg(tmp_path)
     built = build(cfg)
-    trainer = Trainer(cfg, built, tmp_path / "run")
+    trainer = build_trainer(cfg, built, tmp_path / "run")
     batch = first_batch(built)
     before, lr_before = params(built.model), built.optimizer.param_groups[0]["lr"]
 
@@ -55,7 +54,7 @@ def test_train_step_steps_once_and_returns_the_batch_sums(tmp_path: Path) -> Non
         images, masks = built.model_input(batch)
         logits = twin(images).float()
     expected_loss = float(built.loss_fn(logits, masks)) * len(logits)
-    expected_dice = float(dice_per_image(binarize(logits, trainer.threshold), masks > 0.5).sum())
+    expected_dice = float(dice_per_image(binarize(logits, trainer.settings.threshold), masks > 0.5).sum())
 
     loss_sum, dice_sum, n = trainer.train_step(batch).tolist()
     assert n == len(batch["image"]) == 4
@@ -75,7 +74,7 @@ def test_train_step_clips_the_gradient(tmp_path: Path) -> None:
     built = dataclasses.replace(
         built, optimizer=sgd, scheduler=torch.optim.lr_scheduler.LambdaLR(sgd, lambda _: 1.0)
     )
-    trainer = Trainer(cfg, built, tmp_path / "run")
+    trainer = build_trainer(cfg, built, tmp_path / "run")
     before = params(built.model)
     trainer.train_step(first_batch(built))
     moved = float((params(built.model) - before).norm())
@@ -84,14 +83,14 @@ def test_train_step_clips_the_gradient(tmp_path: Path) -> None:
 
 def test_state_dict_carries_a_run_to_another_trainer_exactly(tmp_path: Path) -> None:
     cfg = tiny_cfg(tmp_path)
-    first = Trainer(cfg, build(cfg), tmp_path / "a")
+    first = build_trainer(cfg, build(cfg), tmp_path / "a")
     batch = first_batch(first.built)
     first.train_step(batch)
     first.progress.add_step(1.0, 0.5, 4)
     state = copy.deepcopy(first.state_dict())  # as if through a file: no tensors shared with `first`
 
     torch.manual_seed(123)  # another init: everything must come from the state
-    second = Trainer(cfg, build(tiny_cfg(tmp_path, "trainer.seed=7")), tmp_path / "b")
+    second = build_trainer(cfg, build(tiny_cfg(tmp_path, "trainer.seed=7")), tmp_path / "b")
     second.load_state_dict(state)
     assert torch.equal(params(first.model), params(second.model))
     assert second.progress == first.progress

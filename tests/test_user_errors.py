@@ -147,7 +147,7 @@ def run_train(argv: list[str], run_dir: Path, capsys: pytest.CaptureFixture) -> 
 
 CONFIG_MISTAKES = {
     "optim=adam": "unknown optimizer 'adam' (optim=adam); valid: adamw, sgd",
-    "sched=step": "unknown schedule 'step' (sched=step); valid: cosine, none, onecycle",
+    "sched=step": "unknown schedule 'step' (sched=step); valid: cosine, linear, none, onecycle",
     "loss=focal": "unknown loss 'focal' (loss=focal); valid: bce, bce_dice, dice",
     "aug=heavy": "unknown augmentation 'heavy' (aug=heavy); valid: default, none, strong",
     "experiment=nope": "unknown experiment 'nope' (experiment=nope); valid: cpu_resnet34_unet",

@@ -9,25 +9,30 @@ torch.compile). The Trainer receives these built objects and knows nothing of YA
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader
 
 from models import build_model
 from oxford_pet import OxfordPetDataset, build_dataset
+from petseg.callbacks import ExportBest, MidEpochSave, TensorBoardLog, ThreadTuning
 from petseg.distributed import SINGLE, DistInfo, wrap_model
+from petseg.ema import EMA, check_decay
 from petseg.errors import PetsegError
 from petseg.loaders import build_dataloader
 from petseg.model_input import ModelInput
 from petseg.runtime import Runtime, setup_runtime
-from petseg.signals import shield_workers
+from petseg.settings import TrainSettings, train_settings
+from petseg.signals import StopSignals, shield_workers
 from petseg.thread_tuner import ThreadTuner, tuner_for
+from petseg.trainer import Trainer
 from utils import seed_everything
 
 log = logging.getLogger("petseg.train")
@@ -41,16 +46,23 @@ class Built:
     model_input: ModelInput  # uint8 batches -> the model's float inputs on its device
     model: nn.Module  # what checkpoints save and evaluation runs
     train_model: nn.Module  # the same parameters, wrapped for training (DDP, torch.compile) or itself
-    train_set: OxfordPetDataset
+    train_set: OxfordPetDataset  # at the final training size, data.image_size
     val_set: OxfordPetDataset
-    train_loader: DataLoader
+    train_loader: DataLoader  # of train_set
     val_loader: DataLoader
-    steps_per_epoch: int
+    steps_per_epoch: int  # optimiser steps (of trainer.accumulate batches each)
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     loss_fn: nn.Module
     scaler: torch.amp.GradScaler
     thread_tuner: ThreadTuner | None
+    # The train loaders of the smaller sizes of trainer.size_schedule, by size (same images, order and
+    # augmentation seeds as train_loader; each size has its own cache entry).
+    smaller_train_loaders: dict[int, DataLoader] = field(default_factory=dict)
+
+    def train_loader_at(self, size: int) -> DataLoader:
+        """The train loader of image size ``size``."""
+        return self.smaller_train_loaders.get(size, self.train_loader)
 
 
 def _instantiate(node: DictConfig, group: str) -> Any:
@@ -107,9 +119,20 @@ def _sync_batchnorm(model: nn.Module, wanted: bool, dist: DistInfo, device: torc
     return nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
 
+def _train_loader(cfg: DictConfig, size: int, dist: DistInfo) -> tuple[OxfordPetDataset, DataLoader]:
+    """The train split at image size ``size`` and its loader (seeded order, this rank's shard)."""
+    data = cfg.data if size == int(cfg.data.image_size) else OmegaConf.merge(cfg.data, {"image_size": size})
+    dataset = build_dataset(data, cfg.aug, "train")
+    shard = {"rank": dist.rank, "world_size": dist.world_size}
+    loader = build_dataloader(dataset, cfg.data, train=True, seed=int(cfg.trainer.seed), **shard)
+    shield_workers(loader)
+    return dataset, loader
+
+
 def build(cfg: DictConfig, dist: DistInfo = SINGLE) -> Built:
     """Seed, set up the runtime, and build every object of a training run from ``cfg``."""
     trainer_cfg = cfg.trainer
+    settings = train_settings(cfg)
     loss_fn = build_loss(cfg.loss)
     seed_everything(
         int(trainer_cfg.seed), bool(trainer_cfg.deterministic)
@@ -117,21 +140,24 @@ def build(cfg: DictConfig, dist: DistInfo = SINGLE) -> Built:
     runtime = setup_runtime(trainer_cfg, dist)
     model = runtime.prepare(build_model(**cfg.model))
     model = _sync_batchnorm(model, bool(trainer_cfg.sync_batchnorm), dist, runtime.device)
-    train_set = build_dataset(cfg.data, cfg.aug, "train")
+    train_set, train_loader = _train_loader(cfg, settings.image_size, dist)
+    smaller = {size: _train_loader(cfg, size, dist)[1] for size in settings.train_sizes()[:-1]}
     val_set = build_dataset(cfg.data, cfg.aug, "valid")
-    shard = {"rank": dist.rank, "world_size": dist.world_size}
-    train_loader = build_dataloader(train_set, cfg.data, train=True, seed=int(trainer_cfg.seed), **shard)
-    val_loader = build_dataloader(val_set, cfg.data, train=False, **shard)
-    shield_workers(train_loader)
+    val_loader = build_dataloader(val_set, cfg.data, train=False, rank=dist.rank, world_size=dist.world_size)
     shield_workers(val_loader)
-    steps_per_epoch = len(train_loader)
-    if trainer_cfg.limit_train_batches is not None:
-        steps_per_epoch = min(steps_per_epoch, int(trainer_cfg.limit_train_batches))
+    steps_per_epoch = len(train_loader) // settings.accumulate
+    if settings.limit_train_batches is not None:
+        steps_per_epoch = min(steps_per_epoch, settings.limit_train_batches)
     if steps_per_epoch == 0:
         per = f" per process ({dist.world_size} processes)" if dist.enabled else ""
+        step = (
+            f"{cfg.data.batch_size} x trainer.accumulate={settings.accumulate}"
+            if settings.accumulate > 1
+            else cfg.data.batch_size
+        )
         raise PetsegError(
-            f"the train split has {len(train_set)} images, fewer than one batch of "
-            f"{cfg.data.batch_size}{per}: lower data.batch_size"
+            f"the train split has {len(train_set)} images, fewer than one step of "
+            f"{step}{per}: lower data.batch_size"
         )
     optimizer = build_optimizer(cfg.optim, model, runtime.device)
     # DDP (several processes) and the compiled wrapper share parameters with `model`, which is what
@@ -149,25 +175,52 @@ def build(cfg: DictConfig, dist: DistInfo = SINGLE) -> Built:
         val_loader=val_loader,
         steps_per_epoch=steps_per_epoch,
         optimizer=optimizer,
-        scheduler=build_scheduler(cfg.sched, optimizer, steps_per_epoch, int(trainer_cfg.epochs)),
+        scheduler=build_scheduler(cfg.sched, optimizer, steps_per_epoch, settings.epochs),
         loss_fn=loss_fn,
         scaler=_scaler(runtime),
         thread_tuner=tuner_for(trainer_cfg, runtime.device, dist.enabled),
+        smaller_train_loaders=smaller,
     )
 
 
-def built_for_step(
+def build_trainer(
+    cfg: DictConfig,
+    built: Built,
+    run_dir: str | Path,
+    dist: DistInfo = SINGLE,
+    stop: StopSignals | None = None,
+    choices: dict[str, str] | None = None,
+) -> Trainer:
+    """The Trainer of ``built`` with its settings and callbacks, as ``cfg`` says."""
+    settings: TrainSettings = train_settings(cfg)
+    run_dir = Path(run_dir)
+    callbacks: list = [TensorBoardLog(run_dir, cfg, dict(choices or {}))]
+    if built.thread_tuner is not None:
+        callbacks.append(ThreadTuning(built.thread_tuner))
+    decay = check_decay(cfg.trainer.ema)
+    if decay is not None:
+        callbacks.append(EMA(built.model, decay))  # before the saves below: they save its update
+    if settings.save_every_n_steps or settings.save_every_n_minutes:
+        callbacks.append(MidEpochSave(settings.save_every_n_steps, settings.save_every_n_minutes))
+    callbacks.append(ExportBest(run_dir, cfg))
+    config = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(config, dict)
+    return Trainer(built, settings, run_dir, config, dist, stop, callbacks, choices)
+
+
+def trainer_for_step(
     runtime: Runtime,
     model_input: ModelInput,
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     loss_fn: nn.Module,
-) -> Built:
-    """A Built with only what ``Trainer.train_step`` uses (no data, a constant schedule): benchmarks
-    time the real step on synthetic uint8 batches with it."""
+    grad_clip: float | None,
+) -> Trainer:
+    """A Trainer with only what ``Trainer.train_step`` uses (no data, a constant schedule, no
+    callbacks): benchmarks time the real step on synthetic uint8 batches with it."""
     from petseg.optim import constant
 
-    return Built(
+    built = Built(
         runtime=runtime,
         model_input=model_input,
         model=model,
@@ -183,3 +236,5 @@ def built_for_step(
         scaler=_scaler(runtime),
         thread_tuner=None,
     )
+    settings = TrainSettings(epochs=1, batch_size=1, image_size=256, grad_clip=grad_clip)
+    return Trainer(built, settings, Path("."), config={})

@@ -73,6 +73,24 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, min_ratio: float) 
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def linear_factor(step: int, total_steps: int, warmup_steps: int, min_ratio: float) -> float:
+    """Linear warm-up from ~0 to 1 over warmup_steps, then a straight line from 1 to min_ratio at the
+    last step."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step + 1 - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 1 - (1 - min_ratio) * min(max(progress, 0.0), 1.0)
+
+
+def _warmup_steps(
+    steps_per_epoch: int, epochs: int, warmup_epochs: float, warmup_fraction: float | None
+) -> int:
+    total = steps_per_epoch * epochs
+    if warmup_fraction is not None:
+        return min(int(round(float(warmup_fraction) * total)), total)
+    return min(int(round(float(warmup_epochs) * steps_per_epoch)), total)
+
+
 def warmup_cosine(
     optimizer: torch.optim.Optimizer,
     steps_per_epoch: int,
@@ -84,12 +102,27 @@ def warmup_cosine(
     """Per-step linear warm-up (``warmup_fraction`` of all steps if set, else ``warmup_epochs``), then
     cosine decay to ``min_lr_ratio`` * lr."""
     total = steps_per_epoch * epochs
-    if warmup_fraction is not None:
-        warmup = int(round(float(warmup_fraction) * total))
-    else:
-        warmup = int(round(float(warmup_epochs) * steps_per_epoch))
-    warmup, ratio = min(warmup, total), float(min_lr_ratio)
+    warmup = _warmup_steps(steps_per_epoch, epochs, warmup_epochs, warmup_fraction)
+    ratio = float(min_lr_ratio)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total, warmup, ratio))
+
+
+def warmup_linear(
+    optimizer: torch.optim.Optimizer,
+    steps_per_epoch: int,
+    epochs: int,
+    warmup_epochs: float,
+    warmup_fraction: float | None,
+    min_lr_ratio: float,
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-step linear warm-up (as warmup_cosine), then linear decay to ``min_lr_ratio`` * lr at the
+    last step."""
+    total = steps_per_epoch * epochs
+    warmup = _warmup_steps(steps_per_epoch, epochs, warmup_epochs, warmup_fraction)
+    ratio = float(min_lr_ratio)
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: linear_factor(step, total, warmup, ratio)
+    )
 
 
 def constant(

@@ -60,6 +60,7 @@ def epoch_record(epoch: int, train: dict[str, float], val: dict[str, Any], lr: f
         "val/dice": val["dice"],
         "val/dice_pooled": val["dice_pooled"],
         "val/dice_input": val["protocols"]["dice_input"]["mean"],
+        **({"val/dice_raw": val["dice_raw"]} if "dice_raw" in val else {}),  # trainer.ema: without it
         "lr": lr,
     }
 
@@ -70,5 +71,7 @@ def epoch_line(record: dict[str, float], epochs: int) -> str:
         f"epoch {record['epoch']}/{epochs}  train loss {record['train/loss']:.4f} "
         f"dice {record['train/dice']:.4f}"
         f" | val loss {record['val/loss']:.4f} dice_256 {record['val/dice']:.4f} (pooled "
-        f"{record['val/dice_pooled']:.4f}, at input size {record['val/dice_input']:.4f})"
+        f"{record['val/dice_pooled']:.4f}, at input size {record['val/dice_input']:.4f}"
+        + (f", without EMA {record['val/dice_raw']:.4f}" if "val/dice_raw" in record else "")
+        + ")"
     )

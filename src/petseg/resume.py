@@ -233,10 +233,11 @@ def check_resumable(
         )
 
 
-def resume_trainer(trainer: Trainer, path: Path) -> None:
-    """Continue in ``trainer`` the run saved at ``path`` (a PetsegError if this run cannot)."""
+def resume_trainer(trainer: Trainer, path: Path, cfg: DictConfig) -> None:
+    """Continue in ``trainer`` (built from ``cfg``) the run saved at ``path`` (a PetsegError if this
+    run cannot)."""
     ckpt = load_checkpoint(path)
-    check_resumable(ckpt, path, trainer.cfg, len(trainer.built.train_set), trainer.dist.world_size)
+    check_resumable(ckpt, path, cfg, len(trainer.built.train_set), trainer.dist.world_size)
     try:
         trainer.load_state_dict(ckpt)
     except (KeyError, TypeError, ValueError, RuntimeError) as err:
@@ -244,4 +245,4 @@ def resume_trainer(trainer: Trainer, path: Path) -> None:
         raise PetsegError(f"{path} cannot be resumed by this run: {reason[:200]}") from None
     trainer.resumed_from = path
     trainer.choices = dict(ckpt.get("choices") or trainer.choices)  # the original run's, not this command's
-    log.info("resumed from %s %s", path, trainer.progress.where(trainer.built.steps_per_epoch))
+    log.info("resumed from %s %s", path, trainer.progress.where(trainer.steps_per_epoch))

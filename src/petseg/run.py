@@ -13,14 +13,13 @@ from typing import Any
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from petseg.build import Built, build
+from petseg.build import Built, build, build_trainer
 from petseg.checkpoint import remove_partial_writes
 from petseg.cli import USAGE_ERROR
 from petseg.distributed import DistInfo, broadcast_object, init_distributed, shutdown
 from petseg.errors import PetsegError, TrainingDiverged
 from petseg.resume import resolve_resume, resume_trainer
 from petseg.signals import StopSignals, TrainingInterrupted
-from petseg.trainer import Trainer
 
 log = logging.getLogger("petseg.train")
 
@@ -57,9 +56,9 @@ def fit(cfg: DictConfig, run_dir: str | Path, choices: Mapping[str, str] | None 
                 for leftover in remove_partial_writes(run_dir):
                     log.info("removed %s, left by a save that was killed", leftover.name)
             built = build(cfg, dist)
-            trainer = Trainer(cfg, built, run_dir, dist, stop, choices)
+            trainer = build_trainer(cfg, built, run_dir, dist, stop, dict(choices or {}))
             if cfg.trainer.resume:
-                resume_trainer(trainer, resolve_resume(cfg.trainer.resume))
+                resume_trainer(trainer, resolve_resume(cfg.trainer.resume), cfg)
             log.info("%s", _describe(cfg, built, dist))
             return trainer.fit()
         finally:

@@ -41,10 +41,18 @@ class ThreadTuner:
         self.period, self.probe, self.slowdown = period, probe, slowdown
         self.current = self.choices[0]
         self.recent: deque[float] = deque(maxlen=window)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the step times seen (the work per step changed, e.g. a new training size) and probe
+        again once the next window is timed. Keeps the current thread count."""
+        if getattr(self, "probing", None) is not None:
+            self.set_threads(self.current)  # a probe cut short
+        self.recent.clear()
         self.best: dict[int, float] = {}
         # Probe once as soon as the first window is timed: a run started on an already busy machine
         # would otherwise take that slow pace as its best and wait a whole period.
-        self.steps_since_probe = period
+        self.steps_since_probe = self.period
         self.probing: int | None = None  # the thread count being probed
         self.probe_times: list[float] = []
 
