@@ -205,7 +205,11 @@ def unknown_key_message(key: str, override: str, known: list[str]) -> str:
     settable = [k for k in known if not any(part.startswith("_") for part in k.split("."))]  # not _target_
     same_name = [k for k in settable if k.rsplit(".", 1)[-1] == last and k != key]
     close = difflib.get_close_matches(key, settable, n=2, cutoff=0.8)
-    suggestions = list(dict.fromkeys([*same_name, *close]))
+    # A misspelt name under the wrong group or none (epoch=3 -> trainer.epochs): the closest last parts.
+    names = {k.rsplit(".", 1)[-1] for k in settable}
+    near = difflib.get_close_matches(last, sorted(names), n=2, cutoff=0.8)
+    near_name = [k for n in near for k in settable if k.rsplit(".", 1)[-1] == n and k != key]
+    suggestions = list(dict.fromkeys([*same_name, *close, *near_name]))
     hint = f"did you mean {' or '.join(suggestions[:3])}?" if suggestions else "--help lists the keys"
     return f"unknown key '{key}' ({override}); {hint}"
 
