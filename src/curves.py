@@ -2,7 +2,7 @@
 
     python src/curves.py outputs/2026-11-26/10-00-00_unet outputs/2026-11-26/10-30-00_resnet34_unet \
         --labels UNet ResNet34-UNet --out docs/figures/curves.png
-    python src/curves.py outputs/multirun/2026-11-26/10-00-00 --out sweep_curves.png
+    python src/curves.py outputs/multirun/2026-11-26/10-00-00 --out outputs/sweep_curves.png
 
 Each argument is a run dir (it has its own tb/ or .hydra/) or a folder of runs such as a multirun
 sweep dir (numbered job dirs, each with tb/): then each job is its own pair of lines, labelled by the
@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from petseg.errors import PetsegError
+from petseg.paths import project_path
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -131,13 +132,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path, help="run dirs (holding tb/) or sweep dirs")
     parser.add_argument("--labels", nargs="+", help="one label per argument (default: run dir names)")
-    parser.add_argument("--out", type=Path, default=Path("outputs/curves.png"))
+    parser.add_argument(
+        "--out", type=Path, help="PNG to write (default: the project's outputs/curves.png, from anywhere)"
+    )
     parser.add_argument("--title", default="Dice per epoch")
     args = parser.parse_args(argv)
 
     def run() -> int:
         series = load_series(args.runs, args.labels)
-        out = save(draw(series, args.title), args.out)
+        out = save(draw(series, args.title), args.out or project_path("outputs/curves.png"))
         print("\n".join(summary_line(one) for one in series))
         print(f"curves of {len(series)} run(s) written to {out}")
         return 0

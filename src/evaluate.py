@@ -41,7 +41,8 @@ def evaluate_checkpoint(cfg: DictConfig, report_dir: Path | None = None) -> dict
     check_device(cfg.device, "device")
     ckpt = load_checkpoint(cfg.checkpoint)
     train_cfg = upgrade_config(ckpt["config"])
-    data_cfg = merge_data_overrides(train_cfg.data, cfg.data)
+    data_cfg, where = scoring_data(train_cfg.data, cfg.data)
+    print(f"data: {where}", flush=True)  # first: which copy is scored, before any work on it
     check_data_settings(train_cfg.model.name, data_cfg)
     runtime = setup_runtime(OmegaConf.merge(train_cfg.trainer, {"device": cfg.device}), device_key="device")
     model = runtime.prepare(model_from_checkpoint(ckpt))
@@ -116,8 +117,42 @@ def merge_data_overrides(data_cfg: DictConfig, overrides: DictConfig) -> DictCon
     return OmegaConf.merge(data_cfg, overrides)
 
 
+def scoring_data(train_data: DictConfig, overrides: DictConfig) -> tuple[DictConfig, str]:
+    """The data settings a checkpoint is scored with, and one line saying which root and why.
+
+    The root: ``data.root`` if given; else the data group's default (dataset/oxford-iiit-pet) when a
+    copy is there; else the root the checkpoint was trained on. ``data.allow_missing`` is never the
+    checkpoint's: a partial copy is refused as in train.py unless the command line allows it.
+    """
+    from petseg.paths import project_path, shown_path
+    from petseg.upgrade import group_yaml
+
+    data_cfg = merge_data_overrides(train_data, overrides)
+    default = group_yaml("data", "oxford_pet")
+    if "allow_missing" not in overrides:
+        data_cfg.allow_missing = default.allow_missing
+    if "root" in overrides:
+        why = "data.root as given"
+    elif project_path(default.root).is_dir() and any(project_path(default.root).iterdir()):
+        data_cfg.root, why = default.root, "the data group's default root"
+    else:
+        why = f"the checkpoint's training root (no copy at {default.root}; data.root=... to choose)"
+    root = project_path(data_cfg.root).resolve()  # normalised: no '..' in what is printed
+    data_cfg.root = str(root)
+    return data_cfg, f"{shown_path(root, Path.cwd())} ({why})"
+
+
 def default_output(checkpoint: str, split: str) -> Path:
-    return Path(checkpoint).with_name(f"{Path(checkpoint).stem}_{split}_metrics.json")
+    """Beside the checkpoint, except for one in the project outside outputs/ (saved_models/): then
+    under outputs/eval/, so that no command writes into tracked folders."""
+    from petseg.paths import PROJECT_ROOT, project_path
+
+    ckpt = Path(checkpoint).absolute()
+    name = f"{ckpt.stem}_{split}_metrics.json"
+    outputs = project_path("outputs")
+    if ckpt.is_relative_to(PROJECT_ROOT) and not ckpt.is_relative_to(outputs):
+        return outputs / "eval" / name
+    return ckpt.with_name(name)
 
 
 def main(argv: list[str] | None = None) -> int:

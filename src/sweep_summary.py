@@ -2,10 +2,10 @@
 
     python src/sweep_summary.py outputs/multirun/2026-11-26/10-00-00
 
-Prints the table sorted by Dice (best first) and saves it as summary.csv and summary.md in the sweep
-dir. Everything is read from what each run left behind (Hydra's overrides.yaml and the TensorBoard
-events), so it also works on sweeps that are still running or were cut short.
-"""
+Prints the overrides every job shares, then the table sorted by Dice (best first) with each job's own
+overrides, and saves it as summary.csv and summary.md in the sweep dir. Everything is read from what
+each run left behind (Hydra's overrides.yaml and the TensorBoard events), so it also works on sweeps
+that are still running or were cut short."""
 
 from __future__ import annotations
 
@@ -36,6 +36,15 @@ def run_overrides(run_dir: Path) -> list[str]:
     """A run's command-line overrides as Hydra recorded them ([] where it left no record)."""
     overrides_file = run_dir / ".hydra" / "overrides.yaml"
     return [str(o) for o in OmegaConf.load(overrides_file)] if overrides_file.is_file() else []
+
+
+def shared_overrides(runs: list[Path]) -> list[str]:
+    """The overrides every run of the sweep was given (debug=tiny, data.root=...), in command order."""
+    overrides = [run_overrides(run) for run in runs]
+    if len(overrides) < 2:
+        return []
+    common = set.intersection(*map(set, overrides))
+    return [o for o in overrides[0] if o in common]
 
 
 def varying_overrides(runs: list[Path]) -> list[list[str]]:
@@ -101,8 +110,10 @@ def as_cells(rank: int, row: RunSummary) -> list[str]:
     ]
 
 
-def to_markdown(rows: list[RunSummary]) -> str:
-    lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+def to_markdown(rows: list[RunSummary], shared: list[str] | None = None) -> str:
+    """The table; led by the overrides all jobs share, which its column leaves out."""
+    lines = [f"Every job: {' '.join(shared) if shared else '(no shared overrides)'}", ""]
+    lines += ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
     lines += ["| " + " | ".join(as_cells(i, r)) + " |" for i, r in enumerate(rows, 1)]
     return "\n".join(lines) + "\n"
 
@@ -126,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = summarise(args.sweep_dir)
         out = args.out or args.sweep_dir
         out.mkdir(parents=True, exist_ok=True)
-        markdown = to_markdown(rows)
+        markdown = to_markdown(rows, shared_overrides(find_runs(args.sweep_dir)))
         (out / "summary.md").write_text(markdown)
         write_csv(rows, out / "summary.csv")
         print(markdown, end="")

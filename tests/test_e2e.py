@@ -37,6 +37,8 @@ def tiny_overrides(tmp: Path, epochs: int = 2) -> list[str]:
         "data.batch_size=4",
         f"trainer.epochs={epochs}",
         f"trainer.checkpoint.export_dir={tmp / 'saved'}",
+        "trainer.limit_train_batches=null",  # a whole run: it exports (tiny's caps make a smoke run)
+        "trainer.limit_val_batches=null",
         tmp=tmp,
     )
 
@@ -97,6 +99,9 @@ def test_checkpoints_hold_weights_config_epoch_and_metrics(trained: Path):
     last, best = load_checkpoint(trained / "last.pth"), load_checkpoint(trained / "best.pth")
     assert last["epoch"] == 2
     assert best["metrics"]["val/dice"] == max(r["val/dice"] for r in last["history"])
+    # best.pth holds what evaluation needs; the optimiser moments (2x the weights with AdamW) only last.pth
+    assert "optimizer" in last and "optimizer" not in best and "rng" not in best
+    assert (trained / "best.pth").stat().st_size < 0.5 * (trained / "last.pth").stat().st_size
     exported = load_checkpoint(trained.parent / "saved" / "unet.pth")
     assert "optimizer" not in exported  # a deployable copy: weights, config, metrics
     assert all(torch.equal(exported["model"][k], best["model"][k]) for k in best["model"])

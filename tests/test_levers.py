@@ -72,11 +72,12 @@ def test_with_ema_validation_best_pth_and_evaluation_use_the_averaged_weights(tm
     cfg = compose_train(tmp_path, "model.base_width=4", "trainer.epochs=1", "trainer.ema=0.9")
     run_dir = tmp_path / "run"
     fit(cfg, run_dir)
-    best = load_checkpoint(run_dir / "best.pth")
-    assert "train_weights" in best  # last.pth (best is a copy) keeps the trained weights for resume
-    assert not torch.equal(
-        torch.cat([v.flatten().float() for v in best["model"].values()]),
-        torch.cat([v.flatten().float() for v in best["train_weights"].values()]),
+    best, last = load_checkpoint(run_dir / "best.pth"), load_checkpoint(run_dir / "last.pth")
+    assert "train_weights" not in best and "optimizer" not in best  # what evaluation needs
+    assert torch.equal(best["model"]["head.weight"], last["model"]["head.weight"])  # epoch 1 is both
+    assert not torch.equal(  # last.pth keeps the trained weights too, for resume
+        torch.cat([v.flatten().float() for v in last["model"].values()]),
+        torch.cat([v.flatten().float() for v in last["train_weights"].values()]),
     )
     # evaluate.py loads "model": its validation Dice is the one training logged.
     built = build(cfg)
@@ -90,7 +91,7 @@ def test_with_ema_validation_best_pth_and_evaluation_use_the_averaged_weights(tm
     assert metrics["dice"] == pytest.approx(best["history"][-1]["val/dice"], abs=1e-6)
     # ... and the trained weights are scored beside them, so what the EMA gains shows in every epoch.
     raw = evaluate(
-        model_from_checkpoint({**best, "model": best["train_weights"]}).to(built.runtime.device),
+        model_from_checkpoint({**best, "model": last["train_weights"]}).to(built.runtime.device),
         built.val_loader,
         built.model_input,
         progress=False,

@@ -183,3 +183,75 @@ def test_train_help_says_where_each_option_is_explained() -> None:
     assert done.stdout.startswith("python src/train.py [group=option ...] [key=value ...]")
     assert "model: resnet34_unet, unet" in done.stdout  # the group options...
     assert "the comments in configs/<group>/<option>.yaml" in done.stdout  # ...and where they are explained
+
+
+def test_a_run_rejected_for_its_data_is_one_line_and_leaves_no_dated_folder(tmp_path: Path) -> None:
+    """With the default run dir (outputs/<date>/<time>_...): no 'run dir:' line naming a dir that is
+    then removed, and no empty outputs/<date>/ left behind (issue 26)."""
+    outputs = ROOT / "outputs"
+    before = {p for p in outputs.rglob("*")} if outputs.is_dir() else set()
+    done = run(
+        "train.py", "model=resnet34_unet", "optim.lr=3e-4", f"data.root={tmp_path / 'no-pets'}", check=False
+    )
+    assert done.returncode == 2
+    assert "run dir:" not in done.stdout + done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
+    after = {p for p in outputs.rglob("*")} if outputs.is_dir() else set()
+    assert after <= before, sorted(after - before)
+
+
+SHARED = Path("/work/shared/data/oxford-iiit-pet")
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason="needs the shared partial copy of the data")
+def test_debug_tiny_on_real_data_caps_its_steps(tmp_path: Path) -> None:
+    """debug=tiny is a smoke run on any data: at most 10 steps an epoch and 5 validation batches."""
+    run_dir = tmp_path / "run"
+    run(
+        "train.py",
+        "debug=tiny",
+        f"data.root={SHARED}",
+        "data.allow_missing=true",
+        "model.base_width=4",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        f"hydra.run.dir={run_dir}",
+    )
+    progress = load_checkpoint(run_dir / "last.pth")["progress"]
+    assert progress["epoch"] == 2 and progress["global_step"] == 20  # 1,428 train pairs: 714 steps uncapped
+
+
+SAMPLE = ROOT / "tests" / "data" / "oxford-iiit-pet"
+
+
+def test_evaluate_says_which_data_and_writes_outside_the_repository(tmp_path: Path) -> None:
+    """The first line names the root and why; a checkpoint in saved_models/ gets its metrics under
+    outputs/eval/, not beside it in a tracked folder (issue 26)."""
+    wrote = [ROOT / "outputs" / "eval" / f"unet_test_metrics{s}" for s in (".json", "_per_image.csv")]
+    existed = [p.exists() for p in wrote]
+    try:
+        done = run("evaluate.py", "checkpoint=saved_models/unet.pth", "split=test", f"data.root={SAMPLE}")
+        first = done.stdout.splitlines()[0]
+        assert first == "data: tests/data/oxford-iiit-pet (data.root as given)", done.stdout
+        assert all(p.is_file() for p in wrote) and f"metrics written to {wrote[0]}" in done.stdout
+        assert sorted(p.name for p in (ROOT / "saved_models").iterdir()) == sorted(
+            subprocess.run(["git", "ls-files", "saved_models"], cwd=ROOT, capture_output=True, text=True)
+            .stdout.replace("saved_models/", "")
+            .split()
+        )  # nothing untracked written there
+    finally:
+        for path, was in zip(wrote, existed, strict=True):
+            if not was:
+                path.unlink(missing_ok=True)
+
+
+def test_evaluate_refuses_a_partial_copy_unless_told_whatever_the_checkpoint_says(tmp_path: Path) -> None:
+    """saved_models/unet.pth was trained with data.allow_missing=true; scoring does not inherit it."""
+    partial = Path(shutil.copytree(SAMPLE, tmp_path / "pets"))
+    test_name = (partial / "annotations" / "test.txt").read_text().split()[0]
+    (partial / "images" / f"{test_name}.jpg").unlink()
+    args = ["evaluate.py", "checkpoint=saved_models/unet.pth", "split=test", f"data.root={partial}"]
+    refused = run(*args, f"output={tmp_path / 'm.json'}", check=False)
+    assert refused.returncode == 2 and "data.allow_missing=true" in refused.stderr, refused.stderr
+    allowed = run(*args, "data.allow_missing=true", f"output={tmp_path / 'm.json'}")
+    assert "1 listed images missing" in allowed.stdout

@@ -47,6 +47,8 @@ def recipe(tmp: Path) -> list[str]:
         "trainer.overlays.count=1",
         "trainer.checkpoint.every_n_steps=2",
         f"trainer.checkpoint.export_dir={tmp / 'saved'}",
+        "trainer.limit_train_batches=null",  # a whole run: it exports (tiny's caps make a smoke run)
+        "trainer.limit_val_batches=null",
     )
 
 

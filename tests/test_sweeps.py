@@ -46,7 +46,10 @@ def test_optuna_search_runs_trials_and_summary_ranks_them(tmp_path: Path):
     assert dice == sorted(dice, reverse=True) and dice[0] == pytest.approx(best, abs=1e-4)
     assert all("optim.lr=" in r["overrides"] for r in rows)  # the varying overrides are shown
     assert "data.root" not in rows[0]["overrides"]  # the shared ones are not
-    assert (sweep / "summary.md").read_text().startswith("| rank |")
+    # ... and the shared ones lead the table, so the summary says the whole recipe (issue 26).
+    shared = next(line for line in out.stdout.splitlines() if line.startswith("Every job: "))
+    assert "debug=tiny" in shared and "data.root=" in shared and "optim.lr=" not in shared
+    assert (sweep / "summary.md").read_text().startswith(shared)
     assert "best val dice_256" in out.stdout
 
 

@@ -12,7 +12,6 @@ import os
 import pickle
 import re
 import secrets
-import shutil
 import warnings
 import zipfile
 from collections.abc import Callable
@@ -93,12 +92,6 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     """Save ``state`` (plus the format marker) atomically to ``path``; see ``write_atomic``."""
     payload = {"format": FORMAT, "version": VERSION, **state}
     return write_atomic(path, lambda fh: torch.save(payload, fh))
-
-
-def copy_checkpoint(source: str | Path, target: str | Path) -> Path:
-    """Copy a checkpoint file atomically (best.pth from last.pth)."""
-    with open(source, "rb") as src:
-        return write_atomic(target, lambda fh: shutil.copyfileobj(src, fh, 1 << 20))
 
 
 def remove_partial_writes(folder: str | Path) -> list[Path]:
@@ -245,15 +238,34 @@ def model_from_checkpoint(ckpt: dict[str, Any], expected_name: str | None = None
 
 
 def export_weights(ckpt: dict[str, Any], path: str | Path, half: bool = False) -> Path:
-    """Save a small deployable copy: weights, config, epoch and metrics, no optimiser state.
+    """Save a small deployable copy (``evaluation_state``): weights, config, epoch and metrics.
 
     half=True stores floating weights as fp16 (half the file size); loading restores float32.
     """
     weights = ckpt["model"]
     if half:
         weights = {k: v.half() if v.is_floating_point() else v for k, v in weights.items()}
-    keep = ("config", "epoch", "metrics", "best", "history", "runtime", "train_images")
-    return save_checkpoint(path, {"model": weights, **{k: ckpt[k] for k in keep if k in ckpt}})
+    return save_checkpoint(path, {**evaluation_state(ckpt), "model": weights})
+
+
+# What evaluation, inference and the reports read: the scored weights and what they were trained as.
+EVALUATION_KEYS = (
+    "model",
+    "config",
+    "epoch",
+    "metrics",
+    "best",
+    "history",
+    "runtime",
+    "train_images",
+    "choices",
+)
+
+
+def evaluation_state(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """``ckpt`` without what only resuming needs (optimiser moments, trained weights beside the EMA,
+    schedule, RNG states): best.pth and exports, a third of last.pth's size with AdamW."""
+    return {k: ckpt[k] for k in EVALUATION_KEYS if k in ckpt}
 
 
 def export_best(run_dir: Path, cfg: DictConfig, best_metric: float, best_epoch: int) -> Path | None:

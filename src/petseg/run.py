@@ -18,6 +18,7 @@ from petseg.checkpoint import remove_partial_writes
 from petseg.cli import USAGE_ERROR
 from petseg.distributed import DistInfo, broadcast_object, init_distributed, shutdown
 from petseg.errors import PetsegError, TrainingDiverged
+from petseg.paths import project_path
 from petseg.resume import resolve_resume, resume_trainer
 from petseg.signals import StopSignals, TrainingInterrupted
 
@@ -51,11 +52,14 @@ def fit(cfg: DictConfig, run_dir: str | Path, choices: Mapping[str, str] | None 
             # Every rank works in rank 0's run dir (Hydra gave the others a dummy one); only rank 0 writes.
             run_dir = Path(broadcast_object(str(run_dir), dist))
             if dist.is_main:
-                log.info("run dir: %s", run_dir.resolve())
                 run_dir.mkdir(parents=True, exist_ok=True)
                 for leftover in remove_partial_writes(run_dir):
                     log.info("removed %s, left by a save that was killed", leftover.name)
             built = build(cfg, dist)
+            # Only now: a run that build() rejects (no data, a bad setting) leaves no dir, so printing
+            # one before would name a path that is gone by the time the error line follows.
+            if dist.is_main:
+                log.info("run dir: %s", run_dir.resolve())
             trainer = build_trainer(cfg, built, run_dir, dist, stop, dict(choices or {}))
             if cfg.trainer.resume:
                 resume_trainer(trainer, resolve_resume(cfg.trainer.resume), cfg)
@@ -106,9 +110,20 @@ def _end_with_error(err: PetsegError, run_dir: Path, resume: str | None) -> None
     fresh = fresh and run_dir.resolve() != Path.cwd().resolve()  # torchrun's other ranks get "."
     if fresh and run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= _HYDRA_STARTUP_FILES:
         shutil.rmtree(run_dir, ignore_errors=True)  # rejected before any work: leave nothing behind
+        _remove_if_empty(run_dir.parent)  # the outputs/<date>/ Hydra made for it
     else:
         _to_log_files(logging.ERROR, f"error: {err}")
     sys.exit(USAGE_ERROR)
+
+
+def _remove_if_empty(folder: Path) -> None:
+    """Remove ``folder`` if it is a date folder of the project's outputs/ (Hydra's default run dirs)
+    and holds nothing; any other folder is the user's."""
+    try:
+        if folder.resolve().parent == project_path("outputs").resolve():
+            folder.rmdir()  # only succeeds when empty
+    except OSError:
+        pass
 
 
 def _to_log_files(level: int, message: str) -> None:

@@ -39,7 +39,7 @@ import torch
 from tqdm import tqdm
 
 from petseg.callbacks import callback_states, load_callback_states
-from petseg.checkpoint import copy_checkpoint, save_checkpoint
+from petseg.checkpoint import evaluation_state, save_checkpoint
 from petseg.distributed import SINGLE, DistInfo, all_sum, broadcast_buffers
 from petseg.ema import EMA
 from petseg.errors import PetsegError, TrainingDiverged
@@ -301,8 +301,9 @@ class Trainer:
         self.current_size = self.settings.size_at(self.progress.epoch)
         restore_rng(ckpt["rng"])
 
-    def save(self, name: str) -> Path:
-        """Write the state to ``<run dir>/<name>`` (rank 0); never a non-finite weight."""
+    def save(self, name: str, for_evaluation: bool = False) -> Path:
+        """Write the state to ``<run dir>/<name>`` (rank 0), or with ``for_evaluation`` only what
+        evaluation reads (best.pth); never a non-finite weight."""
         # A weight that overflowed must never replace the last good checkpoint. The weights are the
         # same on every rank (DDP), so every rank takes the same branch; only rank 0 writes.
         for key, value in self.model.state_dict().items():
@@ -311,7 +312,10 @@ class Trainer:
         path = self.run_dir / name
         if name == "last.pth":
             self.saved_at = time.monotonic()
-        return save_checkpoint(path, self.state_dict()) if self.dist.is_main else path
+        if not self.dist.is_main:
+            return path
+        state = self.state_dict()
+        return save_checkpoint(path, evaluation_state(state) if for_evaluation else state)
 
     # ------------------------------------------------------------------------------------ helpers
     def _all_sum(self, values: list[float]) -> list[float]:
@@ -350,8 +354,7 @@ class Trainer:
             callback.after_epoch(self, record, samples)
         improved = self.progress.end_epoch(record, self.settings.monitor)
         log.info("%s%s", epoch_line(record, self.settings.epochs), "  *best*" if improved else "")
-        if self.settings.save_last or improved:
-            # last.pth is written even when save_last is off and only best is wanted: best.pth is a copy.
+        if self.settings.save_last:
             self.save("last.pth")
-        if improved and self.settings.save_best and self.dist.is_main:
-            copy_checkpoint(self.run_dir / "last.pth", self.run_dir / "best.pth")
+        if improved and self.settings.save_best:
+            self.save("best.pth", for_evaluation=True)  # what evaluation needs, not the optimiser
