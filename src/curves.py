@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from petseg.errors import PetsegError
 from petseg.paths import project_path
+from petseg.sweeps import find_runs, varying_overrides
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -57,8 +58,6 @@ def runs_of(path: Path, label: str | None) -> list[tuple[Path, str]]:
     Reading a sweep dir as one run would merge its jobs' events into one line (the same epochs, the
     last writer winning), so each job found below it is a run of its own.
     """
-    from sweep_summary import find_runs, varying_overrides
-
     if not path.is_dir():
         raise PetsegError(f"run dir {path} does not exist")
     jobs = [] if is_run_dir(path) else find_runs(path)

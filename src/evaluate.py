@@ -20,8 +20,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from petseg.errors import PetsegError
 from petseg.evaluation import PROTOCOLS, check_tta, evaluate, format_protocols
+from petseg.scoring_data import scoring_data
 
 
 def evaluate_checkpoint(cfg: DictConfig, report_dir: Path | None = None) -> dict[str, Any]:
@@ -104,42 +104,6 @@ def write_per_image_csv(rows: list[dict[str, Any]], path: Path) -> None:
 
 def per_image_csv_path(output: Path) -> Path:
     return output.with_name(f"{output.stem}_per_image.csv")
-
-
-def merge_data_overrides(data_cfg: DictConfig, overrides: DictConfig) -> DictConfig:
-    """The checkpoint's data settings with the keys given on the command line replaced."""
-    from petseg.cli import unknown_key_message
-
-    for key in overrides:
-        if key not in data_cfg:
-            known = [f"data.{k}" for k in data_cfg]
-            raise PetsegError(unknown_key_message(f"data.{key}", f"data.{key}={overrides[key]}", known))
-    return OmegaConf.merge(data_cfg, overrides)
-
-
-def scoring_data(train_data: DictConfig, overrides: DictConfig) -> tuple[DictConfig, str]:
-    """The data settings a checkpoint is scored with, and one line saying which root and why.
-
-    The root: ``data.root`` if given; else the data group's default (dataset/oxford-iiit-pet) when a
-    copy is there; else the root the checkpoint was trained on. ``data.allow_missing`` is never the
-    checkpoint's: a partial copy is refused as in train.py unless the command line allows it.
-    """
-    from petseg.paths import project_path, shown_path
-    from petseg.upgrade import group_yaml
-
-    data_cfg = merge_data_overrides(train_data, overrides)
-    default = group_yaml("data", "oxford_pet")
-    if "allow_missing" not in overrides:
-        data_cfg.allow_missing = default.allow_missing
-    if "root" in overrides:
-        why = "data.root as given"
-    elif project_path(default.root).is_dir() and any(project_path(default.root).iterdir()):
-        data_cfg.root, why = default.root, "the data group's default root"
-    else:
-        why = f"the checkpoint's training root (no copy at {default.root}; data.root=... to choose)"
-    root = project_path(data_cfg.root).resolve()  # normalised: no '..' in what is printed
-    data_cfg.root = str(root)
-    return data_cfg, f"{shown_path(root, Path.cwd())} ({why})"
 
 
 def default_output(checkpoint: str, split: str) -> Path:

@@ -35,63 +35,20 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from PIL import Image
-from torch import nn
 from tqdm import tqdm
 
 from petseg.errors import PetsegError
 from petseg.inputs import describe, list_inputs, output_names
 from petseg.model_input import ModelInput
 from petseg.pictures import grid, overlay
-from petseg.runtime import Runtime
+from petseg.predictor import Predictor
+from petseg.scoring_data import scoring_data
 from utils import binarize
 
 GRID_MAX_IMAGES = 16
 GRID_TILE = 256
-
-
-class Predictor:
-    """A checkpoint's model with its own preprocessing: RGB array in, binary mask at that size out."""
-
-    def __init__(
-        self, ckpt: dict[str, Any], device: str = "auto", threshold: float = 0.5, tta: bool = False
-    ) -> None:
-        from petseg.checkpoint import model_from_checkpoint
-        from petseg.checks import check_device, check_threshold
-        from petseg.runtime import setup_runtime
-        from petseg.transforms import build_transform
-        from petseg.upgrade import upgrade_config
-
-        self.config = upgrade_config(ckpt["config"])
-        check_threshold(threshold, "threshold")
-        check_device(device, "device")
-        trainer = OmegaConf.merge(self.config.trainer, {"device": device})
-        self.runtime: Runtime = setup_runtime(trainer, device_key="device")
-        self.model: nn.Module = self.runtime.prepare(model_from_checkpoint(ckpt)).eval()
-        self.image_size = int(self.config.data.image_size)
-        self.transform = build_transform(self.config.aug, self.image_size, train=False)
-        self.model_input = ModelInput.of(self.config.data, self.runtime)
-        self.threshold = threshold
-        self.tta = tta
-
-    @torch.no_grad()
-    def logits(self, image: np.ndarray) -> torch.Tensor:
-        """Logits (1, 1, S, S) at the model's input size S for an RGB uint8 image (H, W, 3) of any size
-        (flip TTA applied when on)."""
-        from petseg.evaluation import predict_logits
-
-        resized = self.transform(image=image)["image"]  # uint8 (S, S, 3), like a dataset item's
-        batch = torch.from_numpy(np.ascontiguousarray(resized.transpose(2, 0, 1)))[None]
-        return predict_logits(self.model, self.model_input.images(batch), self.runtime, self.tta)
-
-    @torch.no_grad()
-    def predict(self, image: np.ndarray) -> np.ndarray:
-        """Binary mask (H, W) for an RGB uint8 image (H, W, 3) of any size."""
-        from petseg.evaluation import resize_logits
-
-        full = resize_logits(self.logits(image), image.shape[0], image.shape[1])
-        return binarize(full, self.threshold)[0, 0].cpu().numpy()
 
 
 def thumbnail(picture: np.ndarray) -> np.ndarray:
@@ -163,13 +120,13 @@ def predict_files(
 
 def predict_split(predictor: Predictor, cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     """Predict every image of a split, writing outputs at original size, and score it with evaluate()."""
-    from evaluate import merge_data_overrides
     from oxford_pet import build_dataset, image_path, read_image
     from petseg.checks import check_data_settings
     from petseg.evaluation import evaluate, resize_logits
     from petseg.loaders import build_dataloader
 
-    data_cfg = merge_data_overrides(predictor.config.data, cfg.data)
+    data_cfg, where = scoring_data(predictor.config.data, cfg.data)
+    print(f"data: {where}", flush=True)  # which copy is predicted and scored, before any work on it
     check_data_settings(predictor.config.model.name, data_cfg)
     dataset = build_dataset(data_cfg, predictor.config.aug, cfg.split)
     loader = build_dataloader(dataset, data_cfg, train=False)

@@ -111,8 +111,8 @@ class ModelSlot:
 def load_slot(key: str, path: str | Path, device: str = "auto") -> ModelSlot:
     """Load one column's checkpoint; any problem with the file becomes the slot's error, never an
     exception, so the page still starts and says what is wrong."""
-    from inference import Predictor
     from petseg.checkpoint import load_checkpoint
+    from petseg.predictor import Predictor
 
     slot = ModelSlot(key=key, path=Path(path), title=SLOTS[key][0])
     try:
