@@ -26,6 +26,7 @@ BENCH = ROOT / "benchmarks"
 NUMBER = r"-?\d+(?:\.\d+)?"
 SMOKED = {  # script -> the test below that runs it
     "busy_machine.py": "test_busy_machine",
+    "crowded_machine.py": "test_crowded_machine",
     "loader.py": "test_loader",
     "models.py": "test_models",
     "seconds_per_batch.py": "test_seconds_per_batch",
@@ -208,3 +209,17 @@ def test_time_to_dice(tmp_path: Path):
         assert (out_dir / "time_to_dice.png").stat().st_size > 0
     else:
         assert "no plot: matplotlib is not importable" in out
+
+
+@pytest.mark.slow
+def test_crowded_machine(tmp_path: Path):
+    """train.py alone and beside one real train.py competitor, on the sample at 32 px."""
+    out = run_bench(
+        "crowded_machine.py",
+        *("--model", "unet", "--size", "32", "--batch-size", "2", "--short", "1", "--long", "4"),
+        *("--settle", "2", "--competitors", "0", "1", "--overrides", "model.base_width=4"),
+        tmp=tmp_path,
+    ).stdout
+    alone, crowded = table_row(out, "0"), table_row(out, "1")
+    assert number(alone[2]) == 1.0 and number(crowded[1]) > 0
+    assert number(crowded[3]) == 1.0  # 2 processes on 2 cores: a fair share is the time alone

@@ -1,0 +1,114 @@
+"""Seconds per batch of a real ``src/train.py`` alone and beside 1, 2 and 3 other real ``train.py``
+runs, against a fair share of the cores.
+
+Each competitor is a long train.py run (the same recipe, its own run dir) started first and killed at
+the end. The measured process is train.py itself, timed as benchmarks/seconds_per_batch.py does it:
+two runs with ``--short`` and ``--long`` train batches, the difference of their wall times over
+``long - short`` (start-up cancels). With n processes on c cores a fair share is max(1, n / c) times
+the time alone; the table gives each case's slowdown against that.
+
+    .venv/bin/python benchmarks/crowded_machine.py --root ../shared/data/oxford-iiit-pet --size 64 \\
+        --batch-size 8 --competitors 0 1 2 3
+
+``--overrides`` go to every train.py (measured and competitors), e.g. ``trainer.threads=1`` or
+``data.num_workers=0`` to see where the time goes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def train_command(args: argparse.Namespace, run_dir: Path, batches: int, epochs: int = 1) -> list[str]:
+    return [
+        sys.executable,
+        str(ROOT / "src" / "train.py"),
+        f"model={args.model}",
+        f"data.root={args.root}",
+        "data.allow_missing=true",
+        f"data.image_size={args.size}",
+        f"data.batch_size={args.batch_size}",
+        f"data.cache_dir={args.cache_dir}",
+        f"trainer.epochs={epochs}",
+        f"trainer.limit_train_batches={batches}",
+        "trainer.limit_val_batches=1",
+        "trainer.checkpoint.save_last=false",
+        "trainer.checkpoint.save_best=false",
+        "trainer.checkpoint.export_dir=null",
+        f"hydra.run.dir={run_dir}",
+        *args.overrides,
+    ]
+
+
+def wall(cmd: list[str]) -> float:
+    start = time.perf_counter()
+    subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def seconds_per_batch(args: argparse.Namespace, tmp: Path, competitors: int) -> float:
+    rivals = [
+        subprocess.Popen(
+            train_command(args, tmp / f"rival{competitors}_{i}", 10_000, epochs=100),
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for i in range(competitors)
+    ]
+    try:
+        time.sleep(args.settle if competitors else 0)  # past their start-up, into their steps
+        short, long = (
+            wall(train_command(args, tmp / f"m{competitors}_{n}", n)) for n in (args.short, args.long)
+        )
+    finally:
+        for rival in rivals:
+            rival.kill()
+            rival.wait()
+    return (long - short) / (args.long - args.short)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--root", default=str(ROOT / "tests" / "data" / "oxford-iiit-pet"))
+    parser.add_argument("--model", default="resnet34_unet")
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--short", type=int, default=5)
+    parser.add_argument("--long", type=int, default=25)
+    parser.add_argument("--settle", type=float, default=20.0, help="seconds the competitors run first")
+    parser.add_argument("--competitors", type=int, nargs="+", default=[0, 1, 2, 3])
+    parser.add_argument("--overrides", nargs="*", default=[])
+    args = parser.parse_args()
+    args.root = str(Path(args.root).resolve())
+    cores = os.cpu_count() or 1
+    print(
+        f"{args.model} {args.size} px, batch {args.batch_size}, {cores} cores; overrides: "
+        f"{' '.join(args.overrides) or '(none)'}\n"
+    )
+    print("| competitors | s/batch | slowdown | fair share | vs fair share |\n|---:|---:|---:|---:|---:|")
+    with tempfile.TemporaryDirectory() as tmp:
+        args.cache_dir = str(Path(tmp) / "cache")
+        wall(train_command(args, Path(tmp) / "warm", 1))  # builds the data cache once, untimed
+        alone = None
+        for n in sorted(args.competitors):
+            seconds = seconds_per_batch(args, Path(tmp), n)
+            alone = alone if alone is not None else seconds
+            fair = max(1.0, (n + 1) / cores)
+            slowdown = seconds / alone
+            print(
+                f"| {n} | {seconds:.3f} | {slowdown:.2f}x | {fair:.1f}x | {slowdown / fair:.2f} |", flush=True
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
