@@ -11,12 +11,9 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 import petseg  # noqa: F401  first: it turns albumentations' PyPI version check off for every test
+from helpers import CONFIG_DIR, FULL_LISTS, SAMPLE, SHARED
 
-DATA_DIR = Path(__file__).resolve().parent / "data"
-SAMPLE_ROOT = DATA_DIR / "oxford-iiit-pet"
-FULL_LISTS = DATA_DIR / "full_lists"
-SHARED_ROOT = Path("/work/shared/data/oxford-iiit-pet")
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+SAMPLE_ROOT, SHARED_ROOT = SAMPLE, SHARED  # the names fixtures and older tests use
 
 
 def tiny(*overrides: str, tmp: Path | None = None) -> list[str]:

@@ -14,10 +14,10 @@ import pytest
 import torch
 
 from conftest import SAMPLE_ROOT, tiny
+from helpers import ROOT
 from petseg.checkpoint import FORMAT, VERSION, load_checkpoint
 from petseg.errors import PetsegError
 
-ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "saved_models" / "resnet34_unet.pth"
 # What torch says about files it cannot read; a user must never see any of it.
 INTERNAL = ("Traceback", "pop from empty list", "EOFError", "PytorchStreamReader", "mmap", "miniz", "Warning")

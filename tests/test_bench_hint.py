@@ -6,9 +6,9 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import ROOT
+
 # Hides the reference package whether or not it is installed: its import then fails like a missing one.
 WITHOUT_SMP = (
     "import runpy, sys; sys.modules['segmentation_models_pytorch'] = None; "

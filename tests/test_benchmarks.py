@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from conftest import SAMPLE_ROOT
+from helpers import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks"
 NUMBER = r"-?\d+(?:\.\d+)?"
 SMOKED = {  # script -> the test below that runs it

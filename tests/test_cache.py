@@ -14,11 +14,11 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 import oxford_pet
+from helpers import ROOT
 from oxford_pet import OxfordPetDataset, build_dataset
 from petseg.errors import PetsegError
 from petseg.loaders import build_dataloader
 
-ROOT = Path(__file__).resolve().parents[1]
 AUG = ROOT / "configs" / "aug" / "default.yaml"
 DATA_YAML = ROOT / "configs" / "data" / "oxford_pet.yaml"
 SIZE = 64

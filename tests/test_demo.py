@@ -20,11 +20,11 @@ from PIL import Image
 
 import demo as demo_command
 import evaluate
+from helpers import ROOT
 from petseg import demo
 from petseg.errors import PetsegError
 from petseg.pictures import overlay
 
-ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = {"unet": ROOT / "saved_models" / "unet.pth", "resnet": ROOT / "saved_models" / "resnet34_unet.pth"}
 
 

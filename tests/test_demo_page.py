@@ -30,11 +30,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from helpers import ROOT, SAMPLE, SHARED
 from test_demo import demo_dependency
 
-ROOT = Path(__file__).resolve().parents[1]
-SAMPLE = ROOT / "tests" / "data" / "oxford-iiit-pet"
-SHARED = ROOT.parent / "shared" / "data" / "oxford-iiit-pet"
 DATA_ROOT = SHARED if (SHARED / "annotations" / "test.txt").is_file() else SAMPLE
 UPLOAD = SAMPLE / "images" / "Bengal_100.jpg"  # a real photo, not a test image: no ground truth
 TEST_IMAGE = "Bengal_192"  # a test image of both the sample and the shared copy

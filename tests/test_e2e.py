@@ -20,10 +20,9 @@ from PIL import Image
 
 from conftest import tiny
 from curves import read_scalars
+from helpers import ROOT, SAMPLE
 from petseg.checkpoint import load_checkpoint, model_from_checkpoint
 
-ROOT = Path(__file__).resolve().parents[1]
-SAMPLE = ROOT / "tests" / "data" / "oxford-iiit-pet"
 SCALARS = ("train/loss", "train/dice", "val/loss", "val/dice", "lr")
 
 pytestmark = pytest.mark.slow

@@ -18,13 +18,12 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 import inference
+from helpers import ROOT, SAMPLE
 from models import build_model
 from petseg import pictures
 from petseg.checkpoint import save_checkpoint
 from petseg.cli import CONFIG_DIR
 
-ROOT = Path(__file__).resolve().parents[1]
-SAMPLE = ROOT / "tests" / "data" / "oxford-iiit-pet"
 HUGE = (8000, 6000)  # width, height: 48 MP
 
 

@@ -17,11 +17,11 @@ from omegaconf import OmegaConf
 from torch import nn
 
 import models
+from helpers import ROOT
 from models import available_models, build_model, check_input_size, register_model
 from models.registry import _REGISTRY
 from petseg.errors import PetsegError
 
-ROOT = Path(__file__).resolve().parents[1]
 FORBIDDEN = ("torchvision", "timm", "segmentation_models_pytorch")
 # Small but complete versions for tests whose point is not the default width.
 SMALL = {"unet": {"base_width": 8}, "resnet34_unet": {}}

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from helpers import ROOT, SAMPLE, SHARED
 from petseg.checkpoint import load_checkpoint
 from test_e2e import run, tiny_overrides
 
-ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 
@@ -201,9 +201,6 @@ def test_a_run_rejected_for_its_data_is_one_line_and_leaves_no_dated_folder(tmp_
     assert after <= before, sorted(after - before)
 
 
-SHARED = Path("/work/shared/data/oxford-iiit-pet")
-
-
 @pytest.mark.skipif(not SHARED.is_dir(), reason="needs the shared partial copy of the data")
 def test_debug_tiny_on_real_data_caps_its_steps(tmp_path: Path) -> None:
     """debug=tiny is a smoke run on any data: at most 10 steps an epoch and 5 validation batches."""
@@ -219,9 +216,6 @@ def test_debug_tiny_on_real_data_caps_its_steps(tmp_path: Path) -> None:
     )
     progress = load_checkpoint(run_dir / "last.pth")["progress"]
     assert progress["epoch"] == 2 and progress["global_step"] == 20  # 1,428 train pairs: 714 steps uncapped
-
-
-SAMPLE = ROOT / "tests" / "data" / "oxford-iiit-pet"
 
 
 def test_evaluate_says_which_data_and_writes_outside_the_repository(tmp_path: Path) -> None:

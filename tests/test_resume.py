@@ -26,6 +26,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from conftest import tiny
+from helpers import ROOT
 from petseg import checkpoint as checkpoint_module
 from petseg.checkpoint import load_checkpoint, save_checkpoint
 from petseg.cli import CONFIG_DIR
@@ -33,8 +34,6 @@ from petseg.errors import PetsegError
 from petseg.resume import config_for_resume, continue_in_resumed_run
 from petseg.run import fit
 
-ROOT = Path(__file__).resolve().parents[1]
-SAMPLE = ROOT / "tests" / "data" / "oxford-iiit-pet"
 SCALARS = ("train/loss", "train/dice", "val/loss", "val/dice", "val/dice_pooled", "lr")
 
 

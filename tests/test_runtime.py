@@ -5,17 +5,15 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from helpers import ROOT
 from petseg import runtime
 from petseg.errors import PetsegError
 from petseg.runtime import Runtime, setup_runtime
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def trainer_cfg(**overrides: object) -> DictConfig:

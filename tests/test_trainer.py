@@ -16,8 +16,6 @@ from conftest import compose_train
 from petseg.build import Built, build, build_trainer
 from utils import binarize, dice_per_image
 
-SAMPLE = Path(__file__).resolve().parent / "data" / "oxford-iiit-pet"
-
 
 @pytest.fixture(autouse=True)
 def torch_settings_restored() -> Iterator[None]:

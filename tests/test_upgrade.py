@@ -3,17 +3,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 from omegaconf import OmegaConf
 
+from helpers import ROOT
 from petseg.build import build_loss, build_optimizer, build_scheduler
 from petseg.checkpoint import load_checkpoint
 from petseg.upgrade import group_yaml, upgrade_config
 
-ROOT = Path(__file__).resolve().parents[1]
 # Configs as checkpoints written before optim/sched/loss named a _target_ stored them.
 OLD = {
     "model": {"name": "unet", "base_width": 4},

@@ -21,13 +21,12 @@ import evaluate
 import inference
 import train
 from conftest import tiny as tiny_recipe
+from helpers import ROOT, SAMPLE
 from models import build_model
 from petseg import checks
 from petseg.checkpoint import load_checkpoint, save_checkpoint
 from petseg.cli import CONFIG_DIR
 
-ROOT = Path(__file__).resolve().parents[1]
-SAMPLE = ROOT / "tests" / "data" / "oxford-iiit-pet"
 TEST_NAME = (SAMPLE / "annotations" / "test.txt").read_text().split()[0]  # a test image of the sample
 
 
