@@ -223,3 +223,18 @@ def test_crowded_machine(tmp_path: Path):
     alone, crowded = table_row(out, "0"), table_row(out, "1")
     assert number(alone[2]) == 1.0 and number(crowded[1]) > 0
     assert number(crowded[3]) == 1.0  # 2 processes on 2 cores: a fair share is the time alone
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="a CUDA machine runs the real check")
+def test_gpu_check_without_cuda_says_so_in_one_line_and_exits_2(tmp_path: Path):
+    done = subprocess.run(
+        ["bash", str(BENCH / "gpu_check.sh"), str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHON": sys.executable},
+    )
+    assert done.returncode == 2, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("gpu_check: no CUDA device here"), done.stderr
+    assert done.stdout == ""
