@@ -13,6 +13,8 @@ import torch
 from conftest import compose_train
 from petseg.build import build, build_trainer
 
+pytestmark = pytest.mark.usefixtures("torch_settings_restored")
+
 
 def fp16_trainer(tmp_path: Path):  # noqa: ANN201
     cfg = compose_train(tmp_path, "model.base_width=4", "trainer.amp=fp16", "trainer.grad_clip=1.0")

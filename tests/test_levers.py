@@ -7,7 +7,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,13 +26,7 @@ from petseg.settings import TrainSettings
 from petseg.signals import TrainingInterrupted
 from test_resume import assert_identical
 
-
-@pytest.fixture(autouse=True)
-def torch_settings_restored() -> Iterator[None]:
-    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    yield
-    torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(deterministic)
+pytestmark = pytest.mark.usefixtures("torch_settings_restored")
 
 
 def params(model: torch.nn.Module) -> torch.Tensor:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,14 +15,7 @@ from conftest import compose_train
 from petseg.build import Built, build, build_trainer
 from utils import binarize, dice_per_image
 
-
-@pytest.fixture(autouse=True)
-def torch_settings_restored() -> Iterator[None]:
-    """build() sets torch's thread count and determinism (trainer.threads, .deterministic)."""
-    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    yield
-    torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(deterministic)
+pytestmark = pytest.mark.usefixtures("torch_settings_restored")
 
 
 def tiny_cfg(tmp: Path, *extra: str) -> DictConfig:

@@ -8,7 +8,7 @@ step counts (schedules). Every other argument, with its one default, is in the Y
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -91,6 +91,22 @@ def _warmup_steps(
     return min(int(round(float(warmup_epochs) * steps_per_epoch)), total)
 
 
+def _per_step(
+    factor: Callable[[int, int, int, float], float],
+    optimizer: torch.optim.Optimizer,
+    steps_per_epoch: int,
+    epochs: int,
+    warmup_epochs: float,
+    warmup_fraction: float | None,
+    min_lr_ratio: float,
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """A LambdaLR stepped every batch: ``factor(step, total, warmup, min_ratio)`` times the lr."""
+    total = steps_per_epoch * epochs
+    warmup = _warmup_steps(steps_per_epoch, epochs, warmup_epochs, warmup_fraction)
+    ratio = float(min_lr_ratio)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: factor(step, total, warmup, ratio))
+
+
 def warmup_cosine(
     optimizer: torch.optim.Optimizer,
     steps_per_epoch: int,
@@ -101,10 +117,9 @@ def warmup_cosine(
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """Per-step linear warm-up (``warmup_fraction`` of all steps if set, else ``warmup_epochs``), then
     cosine decay to ``min_lr_ratio`` * lr."""
-    total = steps_per_epoch * epochs
-    warmup = _warmup_steps(steps_per_epoch, epochs, warmup_epochs, warmup_fraction)
-    ratio = float(min_lr_ratio)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total, warmup, ratio))
+    return _per_step(
+        lr_factor, optimizer, steps_per_epoch, epochs, warmup_epochs, warmup_fraction, min_lr_ratio
+    )
 
 
 def warmup_linear(
@@ -117,11 +132,8 @@ def warmup_linear(
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """Per-step linear warm-up (as warmup_cosine), then linear decay to ``min_lr_ratio`` * lr at the
     last step."""
-    total = steps_per_epoch * epochs
-    warmup = _warmup_steps(steps_per_epoch, epochs, warmup_epochs, warmup_fraction)
-    ratio = float(min_lr_ratio)
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: linear_factor(step, total, warmup, ratio)
+    return _per_step(
+        linear_factor, optimizer, steps_per_epoch, epochs, warmup_epochs, warmup_fraction, min_lr_ratio
     )
 
 
