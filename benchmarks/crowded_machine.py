@@ -98,15 +98,19 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         args.cache_dir = str(Path(tmp) / "cache")
         wall(train_command(args, Path(tmp) / "warm", 1))  # builds the data cache once, untimed
-        alone = None
+        alone, noisy = None, False
         for n in sorted(args.competitors):
             seconds = seconds_per_batch(args, Path(tmp), n)
             alone = alone if alone is not None else seconds
             fair = max(1.0, (n + 1) / cores)
-            slowdown = seconds / alone
+            slowdown = seconds / alone if alone else float("nan")
             print(
                 f"| {n} | {seconds:.3f} | {slowdown:.2f}x | {fair:.1f}x | {slowdown / fair:.2f} |", flush=True
             )
+            noisy = noisy or seconds <= 0
+    if noisy:
+        # Start-up varies by more than the timed batches took: the difference is noise, not a time.
+        print("\nnote: a s/batch <= 0 means --long - --short batches were too few to time; raise --long")
     return 0
 
 

@@ -221,7 +221,11 @@ def test_crowded_machine(tmp_path: Path):
         tmp=tmp_path,
     ).stdout
     alone, crowded = table_row(out, "0"), table_row(out, "1")
-    assert number(alone[2]) == 1.0 and number(crowded[1]) > 0
+    # Times only: 3 timed batches of a tiny model are below the start-up noise, so the sign of
+    # s/batch is not asserted (CI once measured -0.121); the note must then say so.
+    assert number(alone[2]) == 1.0 and number(alone[3]) == 1.0
+    if min(number(alone[1]), number(crowded[1])) <= 0:
+        assert "raise --long" in out
     assert number(crowded[3]) == 1.0  # 2 processes on 2 cores: a fair share is the time alone
 
 
