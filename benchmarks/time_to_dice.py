@@ -51,7 +51,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 PLAIN = "plain"
-PLAIN_RECIPE = "cpu_resnet34_unet_50ep"  # the plain loop: resnet34_unet with the 50-epoch recipe's settings
+PLAIN_RECIPE = "cpu_resnet34_unet"  # the plain loop: resnet34_unet with the 50-epoch recipe's settings
 PLAIN_WORKERS = 2
 DEFAULT_TARGETS = (0.85, 0.88, 0.90)
 
@@ -652,7 +652,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--legs",
         nargs="+",
-        default=[f"experiment={PLAIN_RECIPE}", "experiment=cpu_resnet34_unet", PLAIN],
+        default=[f"experiment={PLAIN_RECIPE}", "experiment=cpu_resnet34_unet_fast", PLAIN],
         help="plain, or experiment=<name> [train.py overrides] (quoted, space-separated)",
     )
     parser.add_argument(

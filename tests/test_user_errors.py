@@ -148,8 +148,10 @@ CONFIG_MISTAKES = {
     "optim=adam": "unknown optimizer 'adam' (optim=adam); valid: adamw, sgd",
     "sched=step": "unknown schedule 'step' (sched=step); valid: cosine, linear, none, onecycle",
     "loss=focal": "unknown loss 'focal' (loss=focal); valid: bce, bce_dice, dice",
-    "aug=heavy": "unknown augmentation 'heavy' (aug=heavy); valid: default, none, strong",
-    "experiment=nope": "unknown experiment 'nope' (experiment=nope); valid: cpu_resnet34_unet, cpu_resnet34_unet_50ep",
+    "aug=heavy": "unknown augmentation 'heavy' (aug=heavy); valid: default, em, none, strong",
+    "experiment=nope": (
+        "unknown experiment 'nope' (experiment=nope); valid: cpu_resnet34_unet, cpu_resnet34_unet_fast"
+    ),
     "model.name=vit": "unknown model 'vit'; valid: resnet34_unet, unet",
     "optim._target_=torch.optim.Adamm": "optim: cannot build torch.optim.Adamm",
     "sched.min_lr_ratio=[1]": "sched: float() argument must be",
