@@ -27,9 +27,9 @@ from petseg.scoring_data import scoring_data
 def evaluate_checkpoint(cfg: DictConfig, report_dir: Path | None = None) -> dict[str, Any]:
     """Load a checkpoint, rebuild its data pipeline for ``cfg.split`` and score it by every protocol;
     with ``report_dir``, also write the per-breed tables and galleries there."""
-    from oxford_pet import build_dataset
     from petseg.checkpoint import load_checkpoint, model_from_checkpoint
     from petseg.checks import check_data_settings, check_device, check_threshold
+    from petseg.datasets import build_dataset
     from petseg.loaders import build_dataloader
     from petseg.model_input import ModelInput
     from petseg.report import write_report
@@ -57,6 +57,7 @@ def evaluate_checkpoint(cfg: DictConfig, report_dir: Path | None = None) -> dict
         desc=f"eval {cfg.split}",
         native=True,
         tta=tta,
+        headline=str(data_cfg.headline),
     )
     if report_dir is not None:
         per_image = {row["name"]: row["dice_256"] for row in metrics["per_image"]}

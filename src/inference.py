@@ -60,6 +60,7 @@ def thumbnail(picture: np.ndarray) -> np.ndarray:
 
 def write_prediction(out_dir: Path, name: str, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Save <name>_mask.png and <name>_overlay.png; return a thumbnail of the overlay for the grid."""
+    (out_dir / name).parent.mkdir(parents=True, exist_ok=True)  # a folder data set's names keep sub-folders
     # bool viewed as uint8 is 0/1 without a copy; times 255 makes the one uint8 copy written.
     Image.fromarray(mask.astype(bool).view(np.uint8) * np.uint8(255)).save(out_dir / f"{name}_mask.png")
     tinted = overlay(image, mask)
@@ -84,10 +85,8 @@ def _one_line(err: BaseException) -> str:
 def predict_file(predictor: Predictor, file: Path, name: str, out_dir: Path) -> np.ndarray:
     """Read, predict and write one file; returns the overlay thumbnail. Anything wrong with this file
     (or with writing its outputs) is a one-line PetsegError, so the caller can go on with the next."""
-    from oxford_pet import read_image
-
     try:
-        image = read_image(file)  # its PetsegError names the file already
+        image = predictor.read(file)  # its PetsegError names the file already
         (out_dir / name).parent.mkdir(parents=True, exist_ok=True)  # name keeps the sub-folder
         return write_prediction(out_dir, name, image, predictor.predict(image))
     except MemoryError:
@@ -120,8 +119,8 @@ def predict_files(
 
 def predict_split(predictor: Predictor, cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     """Predict every image of a split, writing outputs at original size, and score it with evaluate()."""
-    from oxford_pet import build_dataset, image_path, read_image
     from petseg.checks import check_data_settings
+    from petseg.datasets import build_dataset
     from petseg.evaluation import evaluate, resize_logits
     from petseg.loaders import build_dataloader
 
@@ -134,7 +133,7 @@ def predict_split(predictor: Predictor, cfg: DictConfig, out_dir: Path) -> dict[
 
     def save(batch: dict[str, Any], logits: torch.Tensor, _dice: torch.Tensor) -> None:
         for name, one in zip(batch["name"], logits, strict=True):
-            image = read_image(image_path(dataset.root, name))
+            image = dataset.load_image(name)
             full = resize_logits(one[None], image.shape[0], image.shape[1])
             mask = binarize(full, predictor.threshold)[0, 0].cpu().numpy()
             picture = write_prediction(out_dir, name, image, mask)
@@ -150,6 +149,7 @@ def predict_split(predictor: Predictor, cfg: DictConfig, out_dir: Path) -> dict[
         on_batch=save,
         native=True,
         tta=predictor.tta,
+        headline=str(data_cfg.headline),
     )
     write_grid(out_dir, overlays)
     return metrics

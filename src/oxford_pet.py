@@ -142,7 +142,7 @@ def present_names(root: Path) -> set[str]:
 # ------------------------------------------------------------------------------------------- decoding
 
 
-def _to_rgb(im: Image.Image) -> Image.Image:
+def to_rgb(im: Image.Image) -> Image.Image:
     """Any PIL image -> RGB, the way that keeps the pixels the trimap was drawn on.
 
     Transparent modes are composited over black rather than having alpha dropped, so a pixel marked
@@ -172,7 +172,7 @@ def read_image(path: Path) -> np.ndarray:
         with Image.open(path) as im:
             im.seek(0)
             im.load()
-            return np.asarray(_to_rgb(im), dtype=np.uint8).copy()
+            return np.asarray(to_rgb(im), dtype=np.uint8).copy()
     except FileNotFoundError as e:
         raise PetsegError(f"image file {path} not found") from e
     except (OSError, ValueError, SyntaxError, UnidentifiedImageError, Image.DecompressionBombError) as e:
@@ -303,6 +303,10 @@ class OxfordPetDataset(Dataset):
                 f"image {img_file} is {iw}x{ih} but its trimap {tri_file} is {tw}x{th}; they must match"
             )
         return image, trimap_to_mask(trimap)
+
+    def load_image(self, name: str) -> np.ndarray:
+        """The decoded RGB image (H, W, 3) of ``name`` at its original size."""
+        return read_image(image_path(self.root, name))
 
     def load_mask(self, name: str) -> np.ndarray:
         """Binary uint8 mask (H, W) of ``name`` at its original size, decoded from the trimap alone."""

@@ -49,12 +49,15 @@ def binarize(logits: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
 
 @dataclass
 class DiceMeter:
-    """Accumulates Dice over batches: mean over images and pooled over all pixels."""
+    """Accumulates Dice over batches: mean over images and pooled over all pixels; and the pixel
+    error (1 - accuracy) over all pixels, the number the UNet paper reports for the EM slices."""
 
     dice_sum: float = 0.0
     count: int = 0
     intersection: float = 0.0
     total: float = 0.0
+    wrong: float = 0.0  # pixels where prediction and truth differ
+    pixels: float = 0.0
     per_image: list[float] = field(default_factory=list)
 
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -64,8 +67,16 @@ class DiceMeter:
         self.count += int(dice.numel())
         self.intersection += float(intersection.sum())
         self.total += float(total.sum())
+        # |P xor G| = |P| + |G| - 2|P∩G|: the wrong pixels from the Dice counts, no second pass.
+        self.wrong += float((total - 2 * intersection).sum())
+        self.pixels += float(pred[0].numel() * pred.shape[0])
         self.per_image.extend(dice.tolist())
         return dice
+
+    @property
+    def pixel_error(self) -> float:
+        """Wrong pixels over all pixels of all images (1 - pixel accuracy)."""
+        return self.wrong / self.pixels if self.pixels else float("nan")
 
     @property
     def mean(self) -> float:

@@ -9,12 +9,23 @@ import pytest
 import torch
 
 from conftest import compose_train
+from helpers import DATA_DIR
 from petseg.build import build, build_trainer
 from petseg.checks import check_train_config
 from petseg.cli import CONFIG_DIR, config_options
 
 GROUPS = ("model", "data", "aug", "optim", "sched", "loss", "trainer", "experiment", "debug")
 OPTIONS = [(group, option) for group in GROUPS for option in config_options(group)]
+# Options for data other than the pets run on the committed EM slices (6 of them, 128 px).
+EM = (
+    f"data.root={DATA_DIR / 'isbi2012-em-sample'}",
+    "data.split.ranges={train: [0, 4], valid: [4, 5], test: [5, 6]}",
+)
+OTHER_DATA = {
+    ("data", "folder"): EM[:1],
+    ("data", "isbi2012_em"): (*EM, "data.crop=32"),
+    ("experiment", "isbi_unet"): (*EM, "data.crop=32", "model.base_width=4"),
+}
 
 
 def test_every_group_has_options() -> None:
@@ -26,7 +37,7 @@ def test_every_group_has_options() -> None:
 def test_option_composes_checks_and_builds(group: str, option: str, tmp_path: Path) -> None:
     threads = torch.get_num_threads()
     try:
-        cfg = compose_train(tmp_path, f"{group}={option}")
+        cfg = compose_train(tmp_path, f"{group}={option}", *OTHER_DATA.get((group, option), ()))
         if group == "model":
             assert cfg.model.name == option
         check_train_config(cfg)

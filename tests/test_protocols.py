@@ -127,9 +127,9 @@ def test_a_perfect_predictor_at_256_px_scores_one(cpu, sample_cfg) -> None:
     oracle = FixedLogits(list(logits.split(int(data.batch_size))))
     metrics = evaluate(oracle, loader, cpu, native=False, progress=False)
     assert metrics["count"] == len(dataset) >= 2
-    assert metrics["protocols"]["dice_256"] == {"mean": 1.0, "pooled": 1.0}
+    assert metrics["protocols"]["dice_256"] == {"mean": 1.0, "pooled": 1.0, "pixel_error": 0.0}
     # At 256 px the dataset's own masks are the reference masks, so the input protocol agrees too.
-    assert metrics["protocols"]["dice_input"] == {"mean": 1.0, "pooled": 1.0}
+    assert metrics["protocols"]["dice_input"] == {"mean": 1.0, "pooled": 1.0, "pixel_error": 0.0}
 
 
 def test_a_model_trained_at_another_size_is_scored_on_256_px_masks(cpu, sample_cfg) -> None:

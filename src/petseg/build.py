@@ -21,8 +21,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from models import build_model
-from oxford_pet import OxfordPetDataset, build_dataset
 from petseg.callbacks import ExportBest, MidEpochSave, TensorBoardLog, ThreadTuning
+from petseg.datasets import SegmentationDataset, build_dataset, resolve_data_settings
 from petseg.distributed import SINGLE, DistInfo, wrap_model
 from petseg.ema import EMA, check_decay
 from petseg.errors import PetsegError
@@ -46,8 +46,8 @@ class Built:
     model_input: ModelInput  # uint8 batches -> the model's float inputs on its device
     model: nn.Module  # what checkpoints save and evaluation runs
     train_model: nn.Module  # the same parameters, wrapped for training (DDP, torch.compile) or itself
-    train_set: OxfordPetDataset  # at the final training size, data.image_size
-    val_set: OxfordPetDataset
+    train_set: SegmentationDataset  # at the final training size, data.image_size
+    val_set: SegmentationDataset
     train_loader: DataLoader  # of train_set
     val_loader: DataLoader
     steps_per_epoch: int  # optimiser steps (of trainer.accumulate batches each)
@@ -119,7 +119,7 @@ def _sync_batchnorm(model: nn.Module, wanted: bool, dist: DistInfo, device: torc
     return nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
 
-def _train_loader(cfg: DictConfig, size: int, dist: DistInfo) -> tuple[OxfordPetDataset, DataLoader]:
+def _train_loader(cfg: DictConfig, size: int, dist: DistInfo) -> tuple[SegmentationDataset, DataLoader]:
     """The train split at image size ``size`` and its loader (seeded order, this rank's shard)."""
     data = cfg.data if size == int(cfg.data.image_size) else OmegaConf.merge(cfg.data, {"image_size": size})
     dataset = build_dataset(data, cfg.aug, "train")
@@ -132,6 +132,7 @@ def _train_loader(cfg: DictConfig, size: int, dist: DistInfo) -> tuple[OxfordPet
 def build(cfg: DictConfig, dist: DistInfo = SINGLE) -> Built:
     """Seed, set up the runtime, and build every object of a training run from ``cfg``."""
     trainer_cfg = cfg.trainer
+    resolve_data_settings(cfg.data)  # before the model: its in_channels follow data.channels
     settings = train_settings(cfg)
     loss_fn = build_loss(cfg.loss)
     seed_everything(

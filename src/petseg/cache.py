@@ -53,7 +53,12 @@ def _resize_code_version() -> str:
 
 
 def cache_key(
-    root: Path, split: str, image_size: int, names: Sequence[str], files: Sequence[Sequence[Path]]
+    root: Path,
+    split: str,
+    image_size: int,
+    names: Sequence[str],
+    files: Sequence[Sequence[Path]],
+    extra: dict[str, Any] | None = None,
 ) -> str:
     """Hex digest over what determines the cached content (see the module docstring).
 
@@ -68,6 +73,8 @@ def cache_key(
         "image_size": int(image_size),
         "code": _resize_code_version(),
     }
+    if extra:  # what else changes the content (the folder layout's mask mapping and channels)
+        head["extra"] = extra
     h.update(json.dumps(head, sort_keys=True).encode())
     for name, paths in zip(names, files, strict=True):
         h.update(name.encode() + b"\0")
@@ -145,7 +152,9 @@ def _paths(cache_dir: Path, stem: str) -> tuple[Path, Path, Path]:
     return cache_dir / f"{stem}.images.npy", cache_dir / f"{stem}.masks.npy", cache_dir / f"{stem}.json"
 
 
-def _complete(images: Path, masks: Path, meta: Path, names: Sequence[str], size: int) -> bool:
+def _complete(
+    images: Path, masks: Path, meta: Path, names: Sequence[str], size: int, channels: int = 3
+) -> bool:
     """Whether an entry on disk is whole and matches (a crash mid-build leaves no meta file)."""
     if not (images.is_file() and masks.is_file() and meta.is_file()):
         return False
@@ -159,7 +168,7 @@ def _complete(images: Path, masks: Path, meta: Path, names: Sequence[str], size:
     n = len(names)
     return (
         info.get("names") == list(names)
-        and im.shape == (n, size, size, 3)
+        and im.shape == (n, size, size, channels)
         and ma.shape == (n, size, size)
         and im.dtype == np.uint8
         and ma.dtype == np.uint8
@@ -191,6 +200,8 @@ def open_or_build(
     load: LoadFn,
     num_workers: int = 0,
     progress: bool = True,
+    channels: int = 3,
+    extra: dict[str, Any] | None = None,
 ) -> ArrayCache:
     """The cache of ``names`` at ``image_size``, built first if no valid entry exists.
 
@@ -200,10 +211,10 @@ def open_or_build(
     of the same entry are safe: each writes private temporary files and renames them into place.
     """
     cache_dir = Path(cache_dir)
-    key = cache_key(root, split, image_size, names, files)
+    key = cache_key(root, split, image_size, names, files, extra and {**extra, "channels": channels})
     stem = f"{split}-{image_size}px-{key}"
     images_path, masks_path, meta_path = _paths(cache_dir, stem)
-    if _complete(images_path, masks_path, meta_path, names, image_size):
+    if _complete(images_path, masks_path, meta_path, names, image_size, channels):
         logger.info(
             "using cached %s split (%d images at %dpx) from %s", split, len(names), image_size, cache_dir
         )
@@ -222,7 +233,7 @@ def open_or_build(
     from tqdm import tqdm
 
     try:
-        images = np.lib.format.open_memmap(tmp_images, mode="w+", dtype=np.uint8, shape=(n, s, s, 3))
+        images = np.lib.format.open_memmap(tmp_images, mode="w+", dtype=np.uint8, shape=(n, s, s, channels))
         masks = np.lib.format.open_memmap(tmp_masks, mode="w+", dtype=np.uint8, shape=(n, s, s))
         # A private generator: iterating a DataLoader draws its workers' base seed from torch's global
         # RNG otherwise, and a run that builds the cache would then continue from another RNG state

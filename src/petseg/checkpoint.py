@@ -291,7 +291,8 @@ def export_best(run_dir: Path, cfg: DictConfig, best_metric: float, best_epoch: 
             ckpt_cfg.export_dir,
         )
         return None
-    target = project_path(ckpt_cfg.export_dir) / f"{cfg.model.name}.pth"  # the project's saved_models/
+    name = ckpt_cfg.export_name or f"{cfg.model.name}.pth"
+    target = project_path(ckpt_cfg.export_dir) / name  # the project's saved_models/
     if target.exists() and not ckpt_cfg.overwrite:
         log.warning(
             "%s already exists and was kept; this run's best weights (val Dice %.4f) are %s. To replace "

@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 
 from models import check_input_size
 from petseg.errors import PetsegError
+from petseg.evaluation import PROTOCOLS
 
 
 def _positive(value: object, key: str, kind: type = float) -> None:
@@ -32,15 +33,16 @@ def _non_negative_int(value: object, key: str) -> None:
         raise PetsegError(f"{key} must be an integer >= 0, got {value!r}")
 
 
-def _rgb_numbers(values: object, key: str) -> list[float]:
-    """Three numbers, one per RGB channel (data.mean, data.std)."""
+def _channel_numbers(values: object, key: str, channels: int = 3) -> list[float]:
+    """One number per image channel (data.mean, data.std): R, G, B, or one for grayscale."""
     try:
         numbers = [float(v) for v in values if not isinstance(v, bool | str)]  # type: ignore[attr-defined]
-        ok = len(numbers) == len(values) == 3  # type: ignore[arg-type]
+        ok = len(numbers) == len(values) == channels  # type: ignore[arg-type]
     except (TypeError, ValueError):
         ok = False
     if not ok:
-        raise PetsegError(f"{key} must be 3 numbers (R, G, B), got {values!r}")
+        what = "3 numbers (R, G, B)" if channels == 3 else f"{channels} number(s), one per channel"
+        raise PetsegError(f"{key} must be {what}, got {values!r}")
     return numbers
 
 
@@ -63,18 +65,40 @@ def check_device(value: object, key: str) -> str:
     return str(value)
 
 
-def check_data_settings(model_name: str, data_cfg: DictConfig) -> None:
+def check_data_settings(model_name: str, data_cfg: DictConfig, in_channels: object = None) -> None:
     """The data settings a run uses (train.py's config, or a checkpoint's plus data.* overrides in
-    evaluate.py and inference.py): batch size, workers, normalisation, an image size the model takes."""
+    evaluate.py and inference.py): batch size, workers, channels, normalisation (null: computed from
+    the train images of a folder), an image and crop size the model takes."""
     from petseg.transforms import check_image_size
 
     _positive(data_cfg.batch_size, "data.batch_size", int)
     _non_negative_int(data_cfg.num_workers, "data.num_workers")
-    _rgb_numbers(data_cfg.mean, "data.mean")
-    if min(_rgb_numbers(data_cfg.std, "data.std")) <= 0:
-        raise PetsegError(f"data.std must be positive, got {list(data_cfg.std)}")
+    channels = data_cfg.channels
+    folder = data_cfg.get("layout") == "folder"
+    if channels not in (1, 3) and not (channels == "auto" and folder):
+        raise PetsegError(f"data.channels must be 1 or 3{' or auto' if folder else ''}, got {channels!r}")
+    if in_channels is not None and channels in (1, 3) and in_channels != channels:
+        raise PetsegError(
+            f"model.in_channels={in_channels} but data.channels={channels}: the model takes the data's "
+            "channels (leave model.in_channels unset)"
+        )
+    count = channels if channels in (1, 3) else None
+    for key in ("mean", "std"):
+        if data_cfg[key] is None and data_cfg.get("layout") == "folder":
+            continue  # computed from the train split (petseg.folder_data)
+        numbers = _channel_numbers(data_cfg[key], f"data.{key}", count or len(data_cfg[key] or ()))
+        if key == "std" and min(numbers) <= 0:
+            raise PetsegError(f"data.std must be positive, got {list(data_cfg.std)}")
+    if data_cfg.headline not in PROTOCOLS:
+        raise PetsegError(f"data.headline must be one of {', '.join(PROTOCOLS)}, got {data_cfg.headline!r}")
     size = check_image_size(data_cfg.image_size)
     check_input_size(model_name, size, size)  # also: an unknown model name, in the registry's words
+    crop = data_cfg.get("crop")
+    if crop is not None:
+        _positive(crop, "data.crop", int)
+        if crop > size:
+            raise PetsegError(f"data.crop={crop} is larger than data.image_size={size}")
+        check_input_size(model_name, int(crop), int(crop))
 
 
 def _validate_trainer(t: DictConfig) -> None:
@@ -110,7 +134,7 @@ def check_train_config(cfg: DictConfig) -> None:
     reject; train.py turns that into the same kind of one-line error.
     """
     _positive(cfg.optim.lr, "optim.lr")
-    check_data_settings(cfg.model.name, cfg.data)
+    check_data_settings(cfg.model.name, cfg.data, cfg.model.get("in_channels"))
     _validate_trainer(cfg.trainer)
     if cfg.monitor not in ("val/dice", "val/dice_pooled"):
         raise PetsegError(f"monitor must be val/dice or val/dice_pooled, got {cfg.monitor}")

@@ -134,12 +134,15 @@ def evaluate(
     targets: ReferenceTargets | None = None,
     native: bool = False,
     tta: bool = False,
+    headline: str = "dice_256",
 ) -> dict[str, Any]:
     """Score a model on a loader of dataset items (uint8, turned into model inputs by ``model_input``)
     by the protocols of this module (``dice_native`` only when ``native``).
 
-    Returns ``dice`` and ``dice_pooled`` (the reference protocol's mean and pooled Dice), ``protocols``
-    (``{"dice_256": {"mean", "pooled"}, ...}``), ``loss`` (at input size; None without ``loss_fn``),
+    Returns ``dice`` and ``dice_pooled`` (the ``headline`` protocol's mean and pooled Dice: the
+    reference protocol's for the pets, ``dice_native`` for data=folder), ``pixel_error`` (the
+    headline's), ``protocols`` (``{"dice_256": {"mean", "pooled", "pixel_error"}, ...}``),
+    ``loss`` (at input size; None without ``loss_fn``),
     ``count`` and ``per_image``: one row per image in list order, ``{"name", "fg_fraction" (of the
     256x256 ground truth), "dice_256", "dice_input"[, "dice_native"]}``.
 
@@ -150,6 +153,9 @@ def evaluate(
     world_size-th image, no padding) and the counts are summed over ranks, so every rank returns the
     numbers a single process computes on the whole split; per_image is put back in list order.
     """
+    if headline not in PROTOCOLS:
+        raise PetsegError(f"data.headline must be one of {', '.join(PROTOCOLS)}, got {headline!r}")
+    native = native or headline == "dice_native"
     if targets is None:
         targets = ReferenceTargets.of(loader.dataset, keep=False)
     runtime = model_input.runtime
@@ -193,23 +199,29 @@ def evaluate(
                 {"name": name, "fg_fraction": float(fg[i])} | {p: float(d[i]) for p, d in scores.items()}
             )
         if on_batch is not None:
-            on_batch(batch, logits, scores["dice_256"])
+            on_batch(batch, logits, scores[headline])
         bar.set_postfix(dice_256=f"{meters['dice_256'].mean:.4f}")
     model.train(was_training)
     if dist.enabled:
-        sums = [v for m in meters.values() for v in (m.intersection, m.total)] + [loss_sum, loss_count]
+        fields = ("intersection", "total", "wrong", "pixels")
+        sums = [getattr(m, f) for m in meters.values() for f in fields] + [loss_sum, loss_count]
         sums = all_sum(sums, dist, runtime.device)
         loss_sum, loss_count = sums[-2:]
         rows = interleave_shards(all_gather_list([rows], dist))
         for k, (protocol, meter) in enumerate(meters.items()):
-            meter.intersection, meter.total = sums[2 * k], sums[2 * k + 1]
+            for j, f in enumerate(fields):
+                setattr(meter, f, sums[len(fields) * k + j])
             meter.per_image = [row[protocol] for row in rows]
             meter.count = len(rows)
             meter.dice_sum = sum(meter.per_image)  # in list order: the single-process sum, term for term
-    protocols = {p: {"mean": m.mean, "pooled": m.pooled} for p, m in meters.items()}
+    protocols = {
+        p: {"mean": m.mean, "pooled": m.pooled, "pixel_error": m.pixel_error} for p, m in meters.items()
+    }
     return {
-        "dice": protocols["dice_256"]["mean"],
-        "dice_pooled": protocols["dice_256"]["pooled"],
+        "dice": protocols[headline]["mean"],
+        "dice_pooled": protocols[headline]["pooled"],
+        "pixel_error": protocols[headline]["pixel_error"],
+        "headline": headline,
         "protocols": protocols,
         "loss": loss_sum / loss_count if loss_count else None,
         "count": len(rows),
@@ -232,5 +244,6 @@ def format_protocols(protocols: dict[str, dict[str, float]], image_size: int | N
         if p in protocols:
             label = PROTOCOL_LABELS[p] + (f", {image_size} px" if p == "dice_input" and image_size else "")
             m = protocols[p]
-            lines.append(f"  {p:<12} mean {m['mean']:.4f}  pooled {m['pooled']:.4f}   ({label})")
+            error = f"  pixel error {m['pixel_error']:.4f}" if "pixel_error" in m else ""
+            lines.append(f"  {p:<12} mean {m['mean']:.4f}  pooled {m['pooled']:.4f}{error}   ({label})")
     return lines

@@ -25,7 +25,7 @@ class ModelInput:
         self.runtime = runtime
         # (1, 3, 1, 1) float32 on the device, so the arithmetic below is the same float32 operations,
         # in the same order, as (image / 255 - mean) / std in numpy: bit-identical values on CPU.
-        shape = (1, 3, 1, 1)
+        shape = (1, len(list(mean)), 1, 1)  # one per channel: RGB, or 1 for grayscale
         self.mean = torch.tensor(list(mean), dtype=torch.float32).view(shape).to(runtime.device)
         self.std = torch.tensor(list(std), dtype=torch.float32).view(shape).to(runtime.device)
 

@@ -26,13 +26,21 @@ def _tint_table(alpha: float) -> np.ndarray:
     return ((1 - alpha) * values + alpha * colour).round().clip(0, 255).astype(np.uint8)
 
 
+def as_rgb(image: np.ndarray) -> np.ndarray:
+    """A uint8 picture as RGB (H, W, 3): grayscale ((H, W) or (H, W, 1)) shown as gray."""
+    if image.ndim == 2:
+        image = image[:, :, None]
+    return np.repeat(image, 3, axis=2) if image.shape[2] == 1 else image
+
+
 def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = OVERLAY_ALPHA) -> np.ndarray:
-    """A copy of the RGB uint8 image (H, W, 3) with the foreground of the binary mask (H, W) tinted.
+    """A copy of the uint8 image (H, W, 3), or grayscale shown as gray, with the foreground of the
+    binary mask (H, W) tinted.
 
     Through a 256-entry table, a band of rows at a time: no full-size float copies (~1.7 GB for 48 MP).
     """
     table = _tint_table(alpha)
-    tinted = image.copy()
+    tinted = as_rgb(image).copy()
     fg = mask.astype(bool, copy=False)
     for top in range(0, image.shape[0], OVERLAY_ROWS):
         band, inside = tinted[top : top + OVERLAY_ROWS], fg[top : top + OVERLAY_ROWS]
@@ -71,6 +79,8 @@ def comparison_rows(
 ) -> np.ndarray:
     """One row [image | ground truth tinted | prediction tinted] per (image, truth, prediction)."""
     pictures = [
-        p for image, truth, pred in samples for p in (image, overlay(image, truth), overlay(image, pred))
+        p
+        for image, truth, pred in samples
+        for p in (as_rgb(image), overlay(image, truth), overlay(image, pred))
     ]
     return grid(pictures, 3, tile, captions)

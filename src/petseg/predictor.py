@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -11,6 +12,7 @@ from torch import nn
 
 from petseg.checkpoint import model_from_checkpoint
 from petseg.checks import check_device, check_threshold
+from petseg.datasets import read_input_image
 from petseg.evaluation import predict_logits, resize_logits
 from petseg.model_input import ModelInput
 from petseg.runtime import Runtime, setup_runtime
@@ -37,11 +39,17 @@ class Predictor:
         self.threshold = threshold
         self.tta = tta
 
+    def read(self, path: Path) -> np.ndarray:
+        """An image file decoded as this model's training images were (RGB, or grayscale)."""
+        return read_input_image(self.config.data, path)
+
     @torch.no_grad()
     def logits(self, image: np.ndarray) -> torch.Tensor:
         """Logits (1, 1, S, S) at the model's input size S for an RGB uint8 image (H, W, 3) of any size
         (flip TTA applied when on)."""
-        resized = self.transform(image=image)["image"]  # uint8 (S, S, 3), like a dataset item's
+        resized = self.transform(image=image)["image"]  # uint8 (S, S, C), like a dataset item's
+        if resized.ndim == 2:  # cv2 drops a single channel's axis
+            resized = resized[:, :, None]
         batch = torch.from_numpy(np.ascontiguousarray(resized.transpose(2, 0, 1)))[None]
         return predict_logits(self.model, self.model_input.images(batch), self.runtime, self.tta)
 

@@ -60,18 +60,20 @@ def epoch_record(epoch: int, train: dict[str, float], val: dict[str, Any], lr: f
         "val/dice": val["dice"],
         "val/dice_pooled": val["dice_pooled"],
         "val/dice_input": val["protocols"]["dice_input"]["mean"],
+        "val/pixel_error": val["pixel_error"],
         **({"val/dice_raw": val["dice_raw"]} if "dice_raw" in val else {}),  # trainer.ema: without it
         "lr": lr,
     }
 
 
-def epoch_line(record: dict[str, float], epochs: int) -> str:
-    """The log line of one finished epoch."""
+def epoch_line(record: dict[str, float], epochs: int, headline: str = "dice_256") -> str:
+    """The log line of one finished epoch (``val/dice`` is the ``headline`` protocol's)."""
     return (
         f"epoch {record['epoch']}/{epochs}  train loss {record['train/loss']:.4f} "
         f"dice {record['train/dice']:.4f}"
-        f" | val loss {record['val/loss']:.4f} dice_256 {record['val/dice']:.4f} (pooled "
-        f"{record['val/dice_pooled']:.4f}, at input size {record['val/dice_input']:.4f}"
+        f" | val loss {record['val/loss']:.4f} {headline} {record['val/dice']:.4f} (pooled "
+        f"{record['val/dice_pooled']:.4f}, at input size {record['val/dice_input']:.4f}, pixel error "
+        f"{record['val/pixel_error']:.4f}"
         + (f", without EMA {record['val/dice_raw']:.4f}" if "val/dice_raw" in record else "")
         + ")"
     )

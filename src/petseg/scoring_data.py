@@ -8,7 +8,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from petseg.cli import unknown_key_message
+from petseg.cli import CONFIG_DIR, unknown_key_message
 from petseg.errors import PetsegError
 from petseg.paths import project_path, shown_path
 from petseg.upgrade import group_yaml
@@ -31,12 +31,13 @@ def scoring_data(train_data: DictConfig, overrides: DictConfig) -> tuple[DictCon
     checkpoint's: a partial copy is refused as in train.py unless the command line allows it.
     """
     data_cfg = merge_data_overrides(train_data, overrides)
-    default = group_yaml("data", "oxford_pet")
+    option = str(train_data.get("name") or "oxford_pet")
+    default = group_yaml("data", option if (CONFIG_DIR / "data" / f"{option}.yaml").is_file() else "folder")
     if "allow_missing" not in overrides:
         data_cfg.allow_missing = default.allow_missing
     if "root" in overrides:
         why = "data.root as given"
-    elif project_path(default.root).is_dir() and any(project_path(default.root).iterdir()):
+    elif default.root and project_path(default.root).is_dir() and any(project_path(default.root).iterdir()):
         data_cfg.root, why = default.root, "the data group's default root"
     else:
         why = f"the checkpoint's training root (no copy at {default.root}; data.root=... to choose)"

@@ -26,6 +26,7 @@ class TrainSettings:
     grad_clip: float | None = None  # trainer.grad_clip
     threshold: float = 0.5  # trainer.threshold
     monitor: str = "val/dice"  # monitor
+    headline: str = "dice_256"  # data.headline: the protocol of val/dice
     limit_train_batches: int | None = None  # trainer.limit_train_batches (optimiser steps per epoch)
     limit_val_batches: int | None = None  # trainer.limit_val_batches
     overlay_every: int = 0  # trainer.overlays.every_n_epochs
@@ -108,6 +109,7 @@ def train_settings(cfg: DictConfig) -> TrainSettings:
         grad_clip=None if trainer.grad_clip is None else float(trainer.grad_clip),
         threshold=float(trainer.threshold),
         monitor=str(cfg.monitor),
+        headline=str(cfg.data.headline),
         limit_train_batches=None if limit_train is None else int(limit_train),
         limit_val_batches=None if limit_val is None else int(limit_val),
         overlay_every=int(trainer.overlays.every_n_epochs or 0),

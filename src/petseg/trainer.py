@@ -209,6 +209,7 @@ class Trainer:
             progress=self.dist.is_main,
             dist=self.dist,
             targets=self.val_targets,
+            headline=self.settings.headline,
         )
         desc = f"valid {epoch + 1}/{self.settings.epochs}"
         on_batch = keep if want and self.dist.is_main else None
@@ -353,7 +354,11 @@ class Trainer:
         for callback in self.callbacks:
             callback.after_epoch(self, record, samples)
         improved = self.progress.end_epoch(record, self.settings.monitor)
-        log.info("%s%s", epoch_line(record, self.settings.epochs), "  *best*" if improved else "")
+        log.info(
+            "%s%s",
+            epoch_line(record, self.settings.epochs, self.settings.headline),
+            "  *best*" if improved else "",
+        )
         if self.settings.save_last:
             self.save("last.pth")
         if improved and self.settings.save_best:

@@ -15,7 +15,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from petseg.cli import CONFIG_DIR
 
-# Groups with one option, merged under the saved section as they are.
+# Groups merged under the saved section as they are: by the saved `name` (data: oxford_pet, folder,
+# isbi2012_em, ...), else this option (the only one when the checkpoint was written).
 SINGLE_OPTION = {"data": "oxford_pet", "trainer": "default"}
 # Groups whose option files each build one object: matched by the saved `name` (old) or `_target_`.
 TARGET_GROUPS = ("optim", "sched", "loss")
@@ -47,7 +48,11 @@ def upgrade_config(saved: Mapping[str, Any]) -> DictConfig:
     """``saved`` (a checkpoint's config) with every key today's YAML defines and the saved one lacks."""
     cfg = OmegaConf.create(dict(saved))
     for group, option in SINGLE_OPTION.items():
-        cfg[group] = OmegaConf.merge(group_yaml(group, option), cfg.get(group) or {})
+        saved_group = cfg.get(group) or {}
+        named = saved_group.get("name") if group == "data" else None
+        if named is not None and (CONFIG_DIR / group / f"{named}.yaml").is_file():
+            option = str(named)
+        cfg[group] = OmegaConf.merge(group_yaml(group, option), saved_group)
     model_yaml = CONFIG_DIR / "model" / f"{cfg.model.get('name')}.yaml" if "model" in cfg else None
     if model_yaml is not None and model_yaml.is_file():
         cfg.model = OmegaConf.merge(OmegaConf.load(model_yaml), cfg.model)

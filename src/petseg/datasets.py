@@ -1,0 +1,48 @@
+"""The `data` group's datasets by their layout (``data.layout``): the one ``build_dataset`` that
+training, evaluation and inference call, whichever data set it is."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from oxford_pet import OxfordPetDataset
+from oxford_pet import build_dataset as build_pet_dataset
+from oxford_pet import read_image as read_pet_image
+from petseg.errors import PetsegError
+from petseg.folder_data import FolderDataset, build_folder_dataset, resolve_folder_settings
+from petseg.folder_data import read_image as read_folder_image
+
+LAYOUTS = ("oxford_pet", "folder")
+SegmentationDataset = OxfordPetDataset | FolderDataset
+
+
+def layout_of(data_cfg: Any) -> str:
+    layout = data_cfg.get("layout", "oxford_pet")
+    if layout not in LAYOUTS:
+        raise PetsegError(f"data.layout={layout!r} is not one of {', '.join(LAYOUTS)}")
+    return str(layout)
+
+
+def resolve_data_settings(data_cfg: Any) -> None:
+    """Settings the data decides (``channels: auto``, ``mean``/``std: null`` of a folder), filled in
+    place before anything is built from them."""
+    if layout_of(data_cfg) == "folder":
+        resolve_folder_settings(data_cfg)
+
+
+def build_dataset(data_cfg: Any, aug_cfg: Any, split: str) -> SegmentationDataset:
+    """The dataset of ``split`` that ``data_cfg`` describes; only "train" is augmented."""
+    if layout_of(data_cfg) == "folder":
+        return build_folder_dataset(data_cfg, aug_cfg, split)
+    return build_pet_dataset(data_cfg, aug_cfg, split)
+
+
+def read_input_image(data_cfg: Any, path: Path) -> np.ndarray:
+    """An image file decoded as the data set's training images are: uint8 (H, W, 3), or (H, W, 1)
+    for a grayscale folder."""
+    if layout_of(data_cfg) == "folder":
+        return read_folder_image(path, int(data_cfg.channels))
+    return read_pet_image(path)
