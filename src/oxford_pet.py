@@ -162,8 +162,9 @@ def to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def read_image(path: Path) -> np.ndarray:
-    """Decode an image file to an RGB uint8 array (H, W, 3), whatever its real format.
+def read_image(path: Path, channels: int = 3) -> np.ndarray:
+    """Decode an image file to an RGB uint8 array (H, W, 3), whatever its real format; with
+    ``channels=1`` to its luminance (H, W, 1) (grayscale data sets, petseg/folder_data.py).
 
     The EXIF orientation is deliberately NOT applied: the trimaps were drawn on the stored pixel grid.
     Animated files (the release has a GIF behind a .jpg) give their first frame.
@@ -172,7 +173,10 @@ def read_image(path: Path) -> np.ndarray:
         with Image.open(path) as im:
             im.seek(0)
             im.load()
-            return np.asarray(to_rgb(im), dtype=np.uint8).copy()
+            rgb = to_rgb(im)
+            if channels == 1:
+                return np.asarray(rgb.convert("L"), dtype=np.uint8)[:, :, None].copy()
+            return np.asarray(rgb, dtype=np.uint8).copy()
     except FileNotFoundError as e:
         raise PetsegError(f"image file {path} not found") from e
     except (OSError, ValueError, SyntaxError, UnidentifiedImageError, Image.DecompressionBombError) as e:

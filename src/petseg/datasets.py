@@ -8,12 +8,10 @@ from typing import Any
 
 import numpy as np
 
-from oxford_pet import OxfordPetDataset
+from oxford_pet import OxfordPetDataset, read_image
 from oxford_pet import build_dataset as build_pet_dataset
-from oxford_pet import read_image as read_pet_image
 from petseg.errors import PetsegError
 from petseg.folder_data import FolderDataset, build_folder_dataset, resolve_folder_settings
-from petseg.folder_data import read_image as read_folder_image
 
 LAYOUTS = ("oxford_pet", "folder")
 SegmentationDataset = OxfordPetDataset | FolderDataset
@@ -43,6 +41,4 @@ def build_dataset(data_cfg: Any, aug_cfg: Any, split: str) -> SegmentationDatase
 def read_input_image(data_cfg: Any, path: Path) -> np.ndarray:
     """An image file decoded as the data set's training images are: uint8 (H, W, 3), or (H, W, 1)
     for a grayscale folder."""
-    if layout_of(data_cfg) == "folder":
-        return read_folder_image(path, int(data_cfg.channels))
-    return read_pet_image(path)
+    return read_image(path, int(data_cfg.channels))

@@ -26,7 +26,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-from oxford_pet import to_rgb
+from oxford_pet import read_image  # the pets' decoding, with channels=1 for grayscale
 from petseg.cache import DEFAULT_CACHE_DIR, ArrayCache, open_or_build
 from petseg.errors import PetsegError
 from petseg.paths import project_path
@@ -101,27 +101,6 @@ def _values(value: Any, key: str) -> list[int]:
 
 
 # --------------------------------------------------------------------------------------- decoding
-
-
-def read_image(path: Path, channels: int) -> np.ndarray:
-    """An image file as uint8 (H, W, channels): RGB for 3, luminance for 1 (16-bit rescaled to 8)."""
-    try:
-        with Image.open(path) as im:
-            im.seek(0)
-            im.load()
-            if channels == 3:
-                return np.asarray(to_rgb(im), dtype=np.uint8).copy()
-            if im.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
-                a = np.asarray(im, dtype=np.float64)
-                hi = a.max() if a.size and a.max() > 255 else 255.0
-                gray = np.clip(a * (255.0 / hi), 0, 255).astype(np.uint8)
-            else:
-                gray = np.asarray(to_rgb(im).convert("L"), dtype=np.uint8)
-            return gray[:, :, None].copy()
-    except FileNotFoundError as e:
-        raise PetsegError(f"image file {path} not found") from e
-    except (OSError, ValueError, SyntaxError, UnidentifiedImageError, Image.DecompressionBombError) as e:
-        raise PetsegError(f"cannot read image {path}: {e}") from e
 
 
 def read_mask(path: Path) -> np.ndarray:
