@@ -451,7 +451,9 @@ def plain_loop(args: argparse.Namespace) -> None:
     mean = np.array(list(data_cfg.mean), dtype=np.float32)
     std = np.array(list(data_cfg.std), dtype=np.float32)
     aug = OmegaConf.load(ROOT / "configs" / "aug" / "default.yaml")
-    model_cfg = OmegaConf.to_container(OmegaConf.load(ROOT / "configs" / "model" / f"{s['model']}.yaml"))
+    model_cfg = OmegaConf.to_container(
+        OmegaConf.load(ROOT / "configs" / "model" / f"{s['model']}.yaml"), resolve=True
+    )
     assert isinstance(model_cfg, dict)
 
     def load_mask(name: str) -> np.ndarray:

@@ -133,8 +133,8 @@ def test_evaluate_command_writes_json_and_per_image_csv(trained: Path, tmp_path:
         "dice_input",
     }
     for protocol in ("dice_256", "dice_native", "dice_input"):
-        assert set(metrics[protocol]) == {"mean", "pooled"}
-        assert 0.0 <= metrics[protocol]["pooled"] <= 1.0
+        assert set(metrics[protocol]) == {"mean", "pooled", "pixel_error"}
+        assert 0.0 <= metrics[protocol]["pooled"] <= 1.0 and 0.0 <= metrics[protocol]["pixel_error"] <= 1.0
         assert metrics[protocol]["mean"] == pytest.approx(
             np.mean([float(r[protocol]) for r in rows]), abs=1e-6
         )
