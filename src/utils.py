@@ -69,7 +69,7 @@ class DiceMeter:
         self.total += float(total.sum())
         # |P xor G| = |P| + |G| - 2|P∩G|: the wrong pixels from the Dice counts, no second pass.
         self.wrong += float((total - 2 * intersection).sum())
-        self.pixels += float(pred[0].numel() * pred.shape[0])
+        self.pixels += float(pred.numel())
         self.per_image.extend(dice.tolist())
         return dice
 

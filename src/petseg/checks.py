@@ -84,7 +84,7 @@ def check_data_settings(model_name: str, data_cfg: DictConfig, in_channels: obje
         )
     count = channels if channels in (1, 3) else None
     for key in ("mean", "std"):
-        if data_cfg[key] is None and data_cfg.get("layout") == "folder":
+        if data_cfg[key] is None and folder:
             continue  # computed from the train split (petseg.folder_data)
         numbers = _channel_numbers(data_cfg[key], f"data.{key}", count or len(data_cfg[key] or ()))
         if key == "std" and min(numbers) <= 0:
@@ -93,6 +93,8 @@ def check_data_settings(model_name: str, data_cfg: DictConfig, in_channels: obje
         raise PetsegError(f"data.headline must be one of {', '.join(PROTOCOLS)}, got {data_cfg.headline!r}")
     size = check_image_size(data_cfg.image_size)
     check_input_size(model_name, size, size)  # also: an unknown model name, in the registry's words
+    if data_cfg.get("repeat") is not None:
+        _positive(data_cfg.repeat, "data.repeat", int)
     crop = data_cfg.get("crop")
     if crop is not None:
         _positive(crop, "data.crop", int)

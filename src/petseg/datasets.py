@@ -3,12 +3,9 @@ training, evaluation and inference call, whichever data set it is."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from oxford_pet import OxfordPetDataset, read_image
+from oxford_pet import OxfordPetDataset
 from oxford_pet import build_dataset as build_pet_dataset
 from petseg.errors import PetsegError
 from petseg.folder_data import FolderDataset, build_folder_dataset, resolve_folder_settings
@@ -36,9 +33,3 @@ def build_dataset(data_cfg: Any, aug_cfg: Any, split: str) -> SegmentationDatase
     if layout_of(data_cfg) == "folder":
         return build_folder_dataset(data_cfg, aug_cfg, split)
     return build_pet_dataset(data_cfg, aug_cfg, split)
-
-
-def read_input_image(data_cfg: Any, path: Path) -> np.ndarray:
-    """An image file decoded as the data set's training images are: uint8 (H, W, 3), or (H, W, 1)
-    for a grayscale folder."""
-    return read_image(path, int(data_cfg.channels))

@@ -26,7 +26,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-from oxford_pet import read_image  # the pets' decoding, with channels=1 for grayscale
+from oxford_pet import SPLITS, canonical_split, read_image  # the pets' split names and decoding
 from petseg.cache import DEFAULT_CACHE_DIR, ArrayCache, open_or_build
 from petseg.errors import PetsegError
 from petseg.paths import project_path
@@ -34,7 +34,6 @@ from petseg.transforms import build_transform, check_image_size, resize_transfor
 
 logger = logging.getLogger("petseg.data")
 
-SPLITS: tuple[str, ...] = ("train", "valid", "test")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp")
 _EXAMPLES = 3
 _THRESHOLD = re.compile(r"^\s*(>=|>)\s*(\d+)\s*$")
@@ -92,7 +91,7 @@ class MaskMapping:
 
 
 def _values(value: Any, key: str) -> list[int]:
-    items = list(value) if isinstance(value, Sequence | np.ndarray) or hasattr(value, "__iter__") else [value]
+    items = list(value) if hasattr(value, "__iter__") and not isinstance(value, str) else [value]
     if isinstance(value, str) or not all(isinstance(v, int) and not isinstance(v, bool) for v in items):
         raise PetsegError(f"{key} must be a list of integer mask values, got {value!r}")
     if any(not 0 <= v <= 255 for v in items):
@@ -284,7 +283,6 @@ class FolderDataset(Dataset):
         self.mapping, self.channels = mapping, int(channels)
         self.image_size = check_image_size(image_size)
         train = split == "train"
-        self.out_size = int(crop) if train and crop else self.image_size
         # Train only: each image this many times an epoch (a few large images give many crops).
         self.repeat = int(repeat) if train else 1
         self.transform = self._transform(aug_cfg, train, crop)
@@ -414,19 +412,10 @@ def channel_statistics(paths: Sequence[Path], channels: int) -> tuple[list[float
     return [round(float(m), 4) for m in mean], [round(max(float(s), 1e-3), 4) for s in std]
 
 
-def _positive(value: Any, key: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise PetsegError(f"{key} must be an integer >= 1, got {value!r}")
-    return value
-
-
 def build_folder_dataset(data_cfg: Any, aug_cfg: Any, split: str) -> FolderDataset:
-    """Dataset of ``split`` ("train", "valid"/"val", "test") from a ``data=folder`` config."""
-    split = {"val": "valid"}.get(split, split)
-    if split not in SPLITS:
-        raise PetsegError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)} (or 'val')")
-    if data_cfg.channels not in (1, 3):
-        raise PetsegError(f"data.channels must be 1, 3 or auto, got {data_cfg.channels!r}")
+    """Dataset of ``split`` ("train", "valid"/"val", "test") from a ``data=folder`` config whose
+    settings checks.check_data_settings passed and resolve_folder_settings filled in."""
+    split = canonical_split(split)
     root, files, splits = _pairs_and_split(data_cfg)
     return FolderDataset(
         root,
@@ -437,7 +426,7 @@ def build_folder_dataset(data_cfg: Any, aug_cfg: Any, split: str) -> FolderDatas
         int(data_cfg.channels),
         int(data_cfg.image_size),
         crop=data_cfg.crop,
-        repeat=_positive(data_cfg.repeat, "data.repeat"),
+        repeat=int(data_cfg.repeat),
         aug_cfg=aug_cfg,
         cache=bool(data_cfg.cache),
         cache_dir=project_path(data_cfg.cache_dir or DEFAULT_CACHE_DIR),

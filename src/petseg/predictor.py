@@ -10,9 +10,9 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
+from oxford_pet import read_image
 from petseg.checkpoint import model_from_checkpoint
 from petseg.checks import check_device, check_threshold
-from petseg.datasets import read_input_image
 from petseg.evaluation import predict_logits, resize_logits
 from petseg.model_input import ModelInput
 from petseg.runtime import Runtime, setup_runtime
@@ -41,7 +41,7 @@ class Predictor:
 
     def read(self, path: Path) -> np.ndarray:
         """An image file decoded as this model's training images were (RGB, or grayscale)."""
-        return read_input_image(self.config.data, path)
+        return read_image(path, int(self.config.data.channels))
 
     @torch.no_grad()
     def logits(self, image: np.ndarray) -> torch.Tensor:
