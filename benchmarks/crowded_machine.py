@@ -2,26 +2,29 @@
 runs, against a fair share of the cores.
 
 Each competitor is a long train.py run (the same recipe, its own run dir) started first and killed at
-the end. The measured process is train.py itself, timed as benchmarks/seconds_per_batch.py does it:
-two runs with ``--short`` and ``--long`` train batches, the difference of their wall times over
-``long - short`` (start-up cancels). With n processes on c cores a fair share is max(1, n / c) times
-the time alone; the table gives each case's slowdown against that.
+the end. The measured train.py runs two epochs of ``--batches`` train batches; its s/batch is the time
+between the two epoch lines of its own train.log, over ``--batches``: the second epoch only, so start-up,
+the data cache and the first-epoch warm-up are out of it. Alone, the run uses every core; beside n
+competitors a fair share of the machine is 1/(n+1) of it, so a fair slowdown is n + 1 (2 cores, 3
+competitors: 4x). The table gives each case's slowdown against that.
 
     .venv/bin/python benchmarks/crowded_machine.py --root ../shared/data/oxford-iiit-pet --size 64 \\
         --batch-size 8 --competitors 0 1 2 3
 
 ``--overrides`` go to every train.py (measured and competitors), e.g. ``trainer.threads=1`` or
-``data.num_workers=0`` to see where the time goes.
+``data.num_workers=2`` to see where the time goes.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,10 +51,20 @@ def train_command(args: argparse.Namespace, run_dir: Path, batches: int, epochs:
     ]
 
 
-def wall(cmd: list[str]) -> float:
-    start = time.perf_counter()
+EPOCH_LINE = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\]\S* - epoch (\d+)/\d+ ")
+
+
+def run(cmd: list[str]) -> None:
     subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return time.perf_counter() - start
+
+
+def second_epoch_seconds(train_log: Path) -> float:
+    """Seconds between the lines that end epochs 1 and 2 in a run's train.log."""
+    ends = {}
+    for line in train_log.read_text().splitlines():
+        if match := EPOCH_LINE.match(line):
+            ends[int(match[2])] = datetime.strptime(match[1], "%Y-%m-%d %H:%M:%S,%f")
+    return (ends[2] - ends[1]).total_seconds()
 
 
 def seconds_per_batch(args: argparse.Namespace, tmp: Path, competitors: int) -> float:
@@ -64,16 +77,15 @@ def seconds_per_batch(args: argparse.Namespace, tmp: Path, competitors: int) -> 
         )
         for i in range(competitors)
     ]
+    run_dir = tmp / f"measured{competitors}"
     try:
         time.sleep(args.settle if competitors else 0)  # past their start-up, into their steps
-        short, long = (
-            wall(train_command(args, tmp / f"m{competitors}_{n}", n)) for n in (args.short, args.long)
-        )
+        run(train_command(args, run_dir, args.batches, epochs=2))
     finally:
         for rival in rivals:
             rival.kill()
             rival.wait()
-    return (long - short) / (args.long - args.short)
+    return second_epoch_seconds(run_dir / "train.log") / args.batches
 
 
 def main() -> int:
@@ -82,8 +94,7 @@ def main() -> int:
     parser.add_argument("--model", default="resnet34_unet")
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--short", type=int, default=5)
-    parser.add_argument("--long", type=int, default=25)
+    parser.add_argument("--batches", type=int, default=30, help="train batches per epoch of the measured run")
     parser.add_argument("--settle", type=float, default=20.0, help="seconds the competitors run first")
     parser.add_argument("--competitors", type=int, nargs="+", default=[0, 1, 2, 3])
     parser.add_argument("--overrides", nargs="*", default=[])
@@ -97,20 +108,16 @@ def main() -> int:
     print("| competitors | s/batch | slowdown | fair share | vs fair share |\n|---:|---:|---:|---:|---:|")
     with tempfile.TemporaryDirectory() as tmp:
         args.cache_dir = str(Path(tmp) / "cache")
-        wall(train_command(args, Path(tmp) / "warm", 1))  # builds the data cache once, untimed
-        alone, noisy = None, False
+        run(train_command(args, Path(tmp) / "warm", 1))  # builds the data cache once, untimed
+        alone = None
         for n in sorted(args.competitors):
             seconds = seconds_per_batch(args, Path(tmp), n)
             alone = alone if alone is not None else seconds
-            fair = max(1.0, (n + 1) / cores)
+            fair = float(n + 1)
             slowdown = seconds / alone if alone else float("nan")
             print(
                 f"| {n} | {seconds:.3f} | {slowdown:.2f}x | {fair:.1f}x | {slowdown / fair:.2f} |", flush=True
             )
-            noisy = noisy or seconds <= 0
-    if noisy:
-        # Start-up varies by more than the timed batches took: the difference is noise, not a time.
-        print("\nnote: a s/batch <= 0 means --long - --short batches were too few to time; raise --long")
     return 0
 
 

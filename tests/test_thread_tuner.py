@@ -3,6 +3,9 @@ steps slower, and returns when the machine is free again (simulated step times).
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -82,7 +85,7 @@ def test_threads_auto_tunes_cpu_training_in_one_process_only(monkeypatch: pytest
 def _train_cfg(*overrides: str):
     from hydra import compose, initialize_config_dir
 
-    from petseg.cli import CONFIG_DIR
+    from petseg.paths import CONFIG_DIR
 
     sample = Path(__file__).resolve().parent / "data" / "oxford-iiit-pet"
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
@@ -103,3 +106,52 @@ def test_a_run_started_on_a_busy_machine_switches_after_its_first_window() -> No
     tuner = ThreadTuner((2, 1), machine.set_threads, period=200, probe=3)
     run(tuner, machine, 10)
     assert tuner.current == 1 and machine.threads == 1
+
+
+def test_fewer_threads_win_a_tie_and_more_threads_must_be_clearly_faster() -> None:
+    """A step as fast at 1 thread as at 2 (a small size): 1 thread, which holds its pace when the
+    machine gets crowded; back to 2 only for a clear gain (10 % is not enough)."""
+    times = {2: 0.50, 1: 0.50}
+    threads = [2]
+    tuner = ThreadTuner((2, 1), lambda n: threads.append(n), period=20, probe=3)
+
+    def steps(n: int) -> None:
+        for _ in range(n):
+            tuner.after_step(times[threads[-1]])
+
+    steps(10)
+    assert tuner.current == 1
+    times[2] = 0.45  # 2 threads now 10 % faster: not worth leaving 1
+    steps(100)
+    assert tuner.current == 1
+    times[2] = 0.30
+    steps(100)
+    assert tuner.current == 2
+
+
+def test_a_machine_crowded_at_the_start_starts_at_one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    from petseg import thread_tuner
+
+    set_to: list[int] = []
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    monkeypatch.setattr(torch, "set_num_threads", set_to.append)
+    auto = OmegaConf.create({"threads": "auto", "deterministic": False})
+    monkeypatch.setattr(thread_tuner, "others_running", lambda: 2.0)
+    busy = tuner_for(auto, torch.device("cpu"), distributed=False)
+    assert busy is not None and busy.current == 1 and set_to == [1]
+    monkeypatch.setattr(thread_tuner, "others_running", lambda: 0.0)
+    quiet = tuner_for(auto, torch.device("cpu"), distributed=False)
+    assert quiet is not None and quiet.current == 2 and set_to == [1]
+
+
+@pytest.mark.skipif(not Path("/proc/loadavg").is_file(), reason="Linux's /proc/loadavg")
+def test_others_running_sees_a_busy_process() -> None:
+    from petseg.thread_tuner import others_running
+
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.5)
+        assert others_running() >= 1.0
+    finally:
+        spinner.kill()
+        spinner.wait()
