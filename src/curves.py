@@ -17,14 +17,15 @@ import argparse
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from matplotlib import rcParams
+from matplotlib.figure import Figure
+
+from petseg.cli import run_command
 from petseg.errors import PetsegError
 from petseg.paths import project_path
 from petseg.sweeps import find_runs, varying_overrides
-
-if TYPE_CHECKING:
-    from matplotlib.figure import Figure
+from petseg.tb import read_events
 
 TAGS = ("train/dice", "val/dice")
 
@@ -40,8 +41,6 @@ class Series:
 
 def read_scalars(run_dir: str | Path, tags: tuple[str, ...] = TAGS) -> dict[str, list[tuple[int, float]]]:
     """{tag: [(epoch, value), ...]} from every event file under run_dir (later writes win)."""
-    from petseg.tb import read_events
-
     if not any(Path(run_dir).rglob("events.out.tfevents.*")):
         raise PetsegError(f"no TensorBoard event files under {run_dir}")
     events = read_events(run_dir)
@@ -84,13 +83,10 @@ def load_series(paths: list[Path], labels: list[str] | None = None) -> list[Seri
 
 def draw(series: list[Series], title: str = "Dice per epoch") -> Figure:
     """The figure: per run one colour, train/dice dashed and val/dice solid."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    # A bare Figure draws with the Agg canvas, whatever backend pyplot would pick: fine on a server.
+    fig = Figure(figsize=(8, 5), dpi=120)
+    ax = fig.subplots()
+    colours = rcParams["axes.prop_cycle"].by_key()["color"]
     for i, one in enumerate(series):
         colour = colours[i % len(colours)]
         for tag, style in zip(TAGS, ("--", "-"), strict=True):
@@ -109,11 +105,8 @@ def draw(series: list[Series], title: str = "Dice per epoch") -> Figure:
 
 
 def save(fig: Figure, out: Path) -> Path:
-    import matplotlib.pyplot as plt
-
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out)
-    plt.close(fig)
     return out
 
 
@@ -126,8 +119,6 @@ def summary_line(one: Series) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from petseg.cli import run_command
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path, help="run dirs (holding tb/) or sweep dirs")
     parser.add_argument("--labels", nargs="+", help="one label per argument (default: run dir names)")

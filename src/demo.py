@@ -16,6 +16,14 @@ import os
 import sys
 import threading
 
+from petseg.checks import check_device, check_threshold
+from petseg.cli import run_command
+from petseg.command_config import load_cli_config
+from petseg.demo import SLOTS, find_test_images, load_slot, serving_port
+from petseg.errors import PetsegError
+from petseg.evaluation import check_tta
+from petseg.paths import project_path
+
 # A demo runs on someone's machine for hours: no update checks or telemetry leave it (albumentations asks
 # PyPI for its latest version at import, Gradio and huggingface_hub report usage), unless the user's
 # environment says otherwise.
@@ -29,13 +37,8 @@ for _name, _value in (
 
 
 def main(argv: list[str] | None = None) -> int:
-    from petseg.cli import load_cli_config, run_command
-    from petseg.errors import PetsegError
-
     def run() -> int:
         cfg = load_cli_config("demo", sys.argv[1:] if argv is None else argv)
-        from petseg.checks import check_device, check_threshold
-        from petseg.evaluation import check_tta
 
         threshold = check_threshold(cfg.threshold, "threshold")
         tta = check_tta(cfg.tta)
@@ -52,8 +55,6 @@ def main(argv: list[str] | None = None) -> int:
             raise PetsegError(
                 f"the demo needs Gradio ({err}): .venv/bin/pip install --no-deps -r requirements-demo.txt"
             ) from None
-        from petseg.demo import SLOTS, find_test_images, load_slot, serving_port
-        from petseg.paths import project_path
 
         serving_port(str(cfg.host), int(cfg.port))  # a busy port fails now, not after loading the models
 

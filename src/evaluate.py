@@ -20,22 +20,24 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from petseg.checkpoint import load_checkpoint, model_from_checkpoint
+from petseg.checks import check_data_settings, check_device, check_threshold
+from petseg.cli import run_command
+from petseg.command_config import load_cli_config
+from petseg.datasets import build_dataset
 from petseg.evaluation import PROTOCOLS, check_tta, evaluate, format_protocols
+from petseg.evaluation_report import breed_of, species_of, write_report
+from petseg.loaders import build_dataloader
+from petseg.model_input import ModelInput
+from petseg.paths import PROJECT_ROOT, project_path
+from petseg.runtime import setup_runtime
 from petseg.scoring_data import scoring_data
+from petseg.upgrade import upgrade_config
 
 
 def evaluate_checkpoint(cfg: DictConfig, report_dir: Path | None = None) -> dict[str, Any]:
     """Load a checkpoint, rebuild its data pipeline for ``cfg.split`` and score it by every protocol;
     with ``report_dir``, also write the per-breed tables and galleries there."""
-    from petseg.checkpoint import load_checkpoint, model_from_checkpoint
-    from petseg.checks import check_data_settings, check_device, check_threshold
-    from petseg.datasets import build_dataset
-    from petseg.loaders import build_dataloader
-    from petseg.model_input import ModelInput
-    from petseg.report import write_report
-    from petseg.runtime import setup_runtime
-    from petseg.upgrade import upgrade_config
-
     tta = check_tta(cfg.tta)
     check_threshold(cfg.threshold, "threshold")
     check_device(cfg.device, "device")
@@ -94,8 +96,6 @@ PER_IMAGE_COLUMNS = ("name", "species", "breed", "fg_fraction", *PROTOCOLS)
 
 def write_per_image_csv(rows: list[dict[str, Any]], path: Path) -> None:
     """One row per image: name, species, breed, foreground fraction (256x256 truth), each protocol's Dice."""
-    from petseg.report import breed_of, species_of
-
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=PER_IMAGE_COLUMNS, extrasaction="ignore")
         writer.writeheader()
@@ -110,8 +110,6 @@ def per_image_csv_path(output: Path) -> Path:
 def default_output(checkpoint: str, split: str) -> Path:
     """Beside the checkpoint, except for one in the project outside outputs/ (saved_models/): then
     under outputs/eval/, so that no command writes into tracked folders."""
-    from petseg.paths import PROJECT_ROOT, project_path
-
     ckpt = Path(checkpoint).absolute()
     name = f"{ckpt.stem}_{split}_metrics.json"
     outputs = project_path("outputs")
@@ -121,8 +119,6 @@ def default_output(checkpoint: str, split: str) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from petseg.cli import load_cli_config, run_command
-
     def run() -> int:
         cfg = load_cli_config("evaluate", sys.argv[1:] if argv is None else argv)
         output = Path(cfg.output) if cfg.output else default_output(cfg.checkpoint, cfg.split)

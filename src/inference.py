@@ -21,7 +21,7 @@ A folder is searched with its sub-folders, and outputs keep the relative path (`
 (.jpg .jpeg .png .gif .bmp .tif .tiff .webp .ppm ..., any case) or an image's content (a photo without
 an extension); a file with an image extension that is not an image claims to be one and fails like
 any unreadable image. Other files (a README, a video) are listed as skipped in one line and are
-not failures; hidden entries are ignored (details: ``petseg/inputs.py``). A file named in ``input=``
+not failures; hidden entries are ignored (details: ``petseg/inference_inputs.py``). A file named in ``input=``
 is always taken as an image. The last line counts the images predicted, the files skipped and the
 images that failed. Exit code: 0 when none failed, 1 if any image failed, 2 for a bad command line or
 checkpoint, or an input folder without any image.
@@ -39,8 +39,15 @@ from omegaconf import DictConfig
 from PIL import Image
 from tqdm import tqdm
 
+from petseg.checkpoint import load_checkpoint
+from petseg.checks import check_data_settings
+from petseg.cli import run_command
+from petseg.command_config import load_cli_config
+from petseg.datasets import build_dataset
 from petseg.errors import PetsegError
-from petseg.inputs import describe, list_inputs, output_names
+from petseg.evaluation import check_tta, evaluate, format_protocols, resize_logits
+from petseg.inference_inputs import describe, list_inputs, output_names
+from petseg.loaders import build_dataloader
 from petseg.model_input import ModelInput
 from petseg.pictures import grid, overlay
 from petseg.predictor import Predictor
@@ -119,11 +126,6 @@ def predict_files(
 
 def predict_split(predictor: Predictor, cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     """Predict every image of a split, writing outputs at original size, and score it with evaluate()."""
-    from petseg.checks import check_data_settings
-    from petseg.datasets import build_dataset
-    from petseg.evaluation import evaluate, resize_logits
-    from petseg.loaders import build_dataloader
-
     data_cfg, where = scoring_data(predictor.config.data, cfg.data)
     print(f"data: {where}", flush=True)  # which copy is predicted and scored, before any work on it
     check_data_settings(predictor.config.model.name, data_cfg)
@@ -156,9 +158,6 @@ def predict_split(predictor: Predictor, cfg: DictConfig, out_dir: Path) -> dict[
 
 
 def main(argv: list[str] | None = None) -> int:
-    from petseg.checkpoint import load_checkpoint
-    from petseg.cli import load_cli_config, run_command
-
     def run() -> int:
         cfg = load_cli_config("inference", sys.argv[1:] if argv is None else argv)
         if (cfg.input is None) == (cfg.split is None):
@@ -171,7 +170,6 @@ def main(argv: list[str] | None = None) -> int:
             )
         out_dir = Path(str(cfg.output))
         inputs = list_inputs(Path(str(cfg.input)), out_dir) if cfg.input is not None else None
-        from petseg.evaluation import check_tta, format_protocols
 
         tta = check_tta(cfg.tta)
         predictor = Predictor(load_checkpoint(cfg.checkpoint), str(cfg.device), float(cfg.threshold), tta)

@@ -1,15 +1,9 @@
-"""Oxford-IIIT Pet for binary segmentation (pet vs background): splits, decoding, augmentation, loaders.
+"""Oxford-IIIT Pet for binary segmentation (pet vs background): the data set and its loader items.
 
-Layout expected under ``root`` (the official release's)::
-
-    images/<name>.jpg                 RGB photos (a few are really GIF/PNG, grayscale or CMYK)
-    annotations/trimaps/<name>.png    1 = pet, 2 = background, 3 = border
-    annotations/trainval.txt          'Name classid species breedid', official order
-    annotations/test.txt
-
-Splits follow the reference ``SimpleOxfordPetDataset`` of segmentation_models_pytorch exactly, so numbers
-are comparable with its examples: "test" is test.txt; line i of trainval.txt goes to "valid" when
-i % 10 == 0, else to "train" (3312 / 368 / 3669 with the full lists).
+Where the files are, the split rule (exactly the reference ``SimpleOxfordPetDataset``'s) and the trimap
+decoding live in petseg/pet_layout.py, shared with this module's command; image decoding in
+petseg/images.py, shared with the folder data set. Their names are re-exported here, the data set module
+the project layout names.
 
 Run ``python src/oxford_pet.py --root <root> [--download] [--verify]`` for a summary of a copy on disk.
 """
@@ -20,197 +14,62 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import albumentations as A
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from petseg.cache import DEFAULT_CACHE_DIR, ArrayCache, open_or_build
+from petseg.data_report import main as report_main
 from petseg.errors import PetsegError
-from petseg.paths import project_path, python_command
+from petseg.images import read_image, to_rgb
+from petseg.paths import project_path
+from petseg.pet_layout import (
+    TRIMAP_BACKGROUND,
+    TRIMAP_BORDER,
+    TRIMAP_PET,
+    VALID_EVERY,
+    check_no_test_leak,
+    check_root,
+    download_hint,
+    files_in,
+    image_path,
+    present_names,
+    read_trimap,
+    split_names,
+    trimap_path,
+    trimap_to_mask,
+)
+from petseg.splits import SPLITS, canonical_split, example_names
 from petseg.transforms import build_transform, check_image_size, resize_transform, seed_transform
 
-if TYPE_CHECKING:  # albumentations is imported lazily: it costs ~1 s and the CLI summary never needs it
-    import albumentations as A
+__all__ = [
+    "SPLITS",
+    "TRIMAP_BACKGROUND",
+    "TRIMAP_BORDER",
+    "TRIMAP_PET",
+    "VALID_EVERY",
+    "OxfordPetDataset",
+    "build_dataset",
+    "canonical_split",
+    "check_no_test_leak",
+    "check_root",
+    "download_hint",
+    "example_names",
+    "files_in",
+    "image_path",
+    "present_names",
+    "read_image",
+    "read_trimap",
+    "split_names",
+    "to_rgb",
+    "trimap_path",
+    "trimap_to_mask",
+]
 
 logger = logging.getLogger("petseg.data")
-
-SPLITS: tuple[str, ...] = ("train", "valid", "test")
-# "val" is what most people type; it means the same split.
-_SPLIT_ALIASES = {"val": "valid"}
-# Every 10th trainval line (starting at line 0) is validation, as in the reference implementation.
-VALID_EVERY = 10
-TRIMAP_PET, TRIMAP_BACKGROUND, TRIMAP_BORDER = 1, 2, 3
-_EXAMPLES = 5  # how many example names an error message lists
-
-
-# --------------------------------------------------------------------------------------------- layout
-
-
-def image_path(root: Path, name: str) -> Path:
-    return Path(root) / "images" / f"{name}.jpg"
-
-
-def trimap_path(root: Path, name: str) -> Path:
-    return Path(root) / "annotations" / "trimaps" / f"{name}.png"
-
-
-def download_hint(root: Path) -> str:
-    return f"get the dataset with: {python_command(Path(__file__))} --root {root} --download"
-
-
-def check_root(root: Path) -> Path:
-    """Return ``root`` as a Path after checking it and its annotations folder exist (PetsegError if not)."""
-    root = Path(root)
-    if not root.is_dir():
-        raise PetsegError(f"dataset root {root} does not exist; {download_hint(root)}")
-    if not (root / "annotations").is_dir():
-        raise PetsegError(f"dataset root {root} has no annotations/ folder; {download_hint(root)}")
-    return root
-
-
-def canonical_split(split: str) -> str:
-    split = _SPLIT_ALIASES.get(split, split)
-    if split not in SPLITS:
-        raise PetsegError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)} (or 'val')")
-    return split
-
-
-def _read_list(root: Path, list_name: str) -> list[str]:
-    """Names (first column) of annotations/<list_name>, in file order; blank and '#' lines skipped."""
-    path = check_root(root) / "annotations" / list_name
-    if not path.is_file():
-        raise PetsegError(f"split list {path} not found; {download_hint(root)}")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise PetsegError(f"cannot read split list {path}: {e}") from e
-    # The official lists have no header, but list.txt of the same release has '#' comments: allow them.
-    return [line.split()[0] for line in text.splitlines() if line.strip() and not line.startswith("#")]
-
-
-def split_names(root: Path, split: str) -> list[str]:
-    """Names listed for ``split`` ("train", "valid"/"val", "test"), whether or not their files exist."""
-    split = canonical_split(split)
-    if split == "test":
-        return _read_list(root, "test.txt")
-    names = _read_list(root, "trainval.txt")
-    # Index i counts list lines in file order, exactly as the reference does: the official order matters.
-    if split == "valid":
-        return [n for i, n in enumerate(names) if i % VALID_EVERY == 0]
-    return [n for i, n in enumerate(names) if i % VALID_EVERY != 0]
-
-
-def check_no_test_leak(root: Path) -> None:
-    """PetsegError if a name of test.txt is also in trainval.txt (a tampered or mixed-up list).
-
-    A leak would silently inflate every test score, so it stops the run instead of warning.
-    """
-    trainval = _read_list(root, "trainval.txt")
-    test = set(_read_list(root, "test.txt"))
-    leaked = [n for n in trainval if n in test]
-    if leaked:
-        raise PetsegError(
-            f"{Path(root) / 'annotations' / 'trainval.txt'} lists {len(leaked)} name(s) that are also in "
-            f"test.txt ({example_names(leaked)}): the test set would leak into training/validation"
-        )
-
-
-def example_names(names: Sequence[str]) -> str:
-    shown = ", ".join(names[:_EXAMPLES])
-    return shown + (", ..." if len(names) > _EXAMPLES else "")
-
-
-def files_in(folder: Path, suffix: str) -> set[str]:
-    """Stems of the files with ``suffix`` in ``folder`` (one listdir instead of thousands of stat calls).
-
-    Names starting with '._' are macOS resource forks that the official tarballs carry; they are no data.
-    """
-    if not folder.is_dir():
-        return set()
-    return {p.stem for p in folder.iterdir() if p.suffix == suffix and not p.name.startswith("._")}
-
-
-def present_names(root: Path) -> set[str]:
-    """Names that have both an image and a trimap file."""
-    root = Path(root)
-    return files_in(root / "images", ".jpg") & files_in(root / "annotations" / "trimaps", ".png")
-
-
-# ------------------------------------------------------------------------------------------- decoding
-
-
-def to_rgb(im: Image.Image) -> Image.Image:
-    """Any PIL image -> RGB, the way that keeps the pixels the trimap was drawn on.
-
-    Transparent modes are composited over black rather than having alpha dropped, so a pixel marked
-    fully transparent shows no leftover colour; black is also what the geometric augmentations pad with.
-    The release's one RGBA file is fully opaque, where both ways agree. CMYK/L/P/I go through PIL's own
-    conversion (PIL already undoes the Adobe inversion of CMYK JPEGs).
-    """
-    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-        rgba = im.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    if im.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
-        # 16-bit/float grayscale: PIL's convert would clip at 255; rescale to the 8-bit range instead.
-        a = np.asarray(im, dtype=np.float64)
-        hi = a.max() if a.size and a.max() > 255 else 255.0
-        return Image.fromarray(np.clip(a * (255.0 / hi), 0, 255).astype(np.uint8)).convert("RGB")
-    return im.convert("RGB")
-
-
-def read_image(path: Path, channels: int = 3) -> np.ndarray:
-    """Decode an image file to an RGB uint8 array (H, W, 3), whatever its real format; with
-    ``channels=1`` to its luminance (H, W, 1) (grayscale data sets, petseg/folder_data.py).
-
-    The EXIF orientation is deliberately NOT applied: the trimaps were drawn on the stored pixel grid.
-    Animated files (the release has a GIF behind a .jpg) give their first frame.
-    """
-    try:
-        with Image.open(path) as im:
-            im.seek(0)
-            im.load()
-            rgb = to_rgb(im)
-            if channels == 1:
-                return np.asarray(rgb.convert("L"), dtype=np.uint8)[:, :, None].copy()
-            return np.asarray(rgb, dtype=np.uint8).copy()
-    except FileNotFoundError as e:
-        raise PetsegError(f"image file {path} not found") from e
-    except (OSError, ValueError, SyntaxError, UnidentifiedImageError, Image.DecompressionBombError) as e:
-        raise PetsegError(f"cannot read image {path}: {e}") from e
-
-
-def read_trimap(path: Path) -> np.ndarray:
-    """Decode a trimap PNG to a uint8 array (H, W) of values in {1, 2, 3}; PetsegError otherwise."""
-    try:
-        with Image.open(path) as im:
-            im.load()
-            if im.mode not in ("L", "P"):  # P: the palette index is the class value, keep it as is
-                im = im.convert("L")
-            trimap = np.asarray(im, dtype=np.uint8).copy()
-    except FileNotFoundError as e:
-        raise PetsegError(f"trimap file {path} not found") from e
-    except (OSError, ValueError, SyntaxError, UnidentifiedImageError, Image.DecompressionBombError) as e:
-        raise PetsegError(f"cannot read trimap {path}: {e}") from e
-    # A 0/255 mask or an RGB drawing put in place of a trimap would otherwise be mapped silently wrong.
-    bad = np.setdiff1d(np.unique(trimap), [TRIMAP_PET, TRIMAP_BACKGROUND, TRIMAP_BORDER])
-    if bad.size:
-        raise PetsegError(f"trimap {path} has values {bad.tolist()[:5]}; expected only 1, 2, 3")
-    return trimap
-
-
-def trimap_to_mask(trimap: np.ndarray) -> np.ndarray:
-    """Trimap -> binary pet mask (uint8 0/1): pet (1) and border (3) are pet, background (2) is not.
-
-    Counting the border as pet is the reference implementation's choice; it keeps results comparable.
-    """
-    return ((trimap == TRIMAP_PET) | (trimap == TRIMAP_BORDER)).astype(np.uint8)
-
-
-# -------------------------------------------------------------------------------------------- dataset
 
 
 class OxfordPetDataset(Dataset):
@@ -376,8 +235,6 @@ def build_dataset(data_cfg: Any, aug_cfg: Any, split: str) -> OxfordPetDataset:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python src/oxford_pet.py --root <root> [--download] [--verify]``: petseg/data_report.py."""
-    from petseg.data_report import main as report_main
-
     return report_main(argv)
 
 

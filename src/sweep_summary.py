@@ -15,8 +15,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from petseg.cli import run_command
 from petseg.errors import PetsegError
 from petseg.sweeps import find_runs, shared_overrides, varying_overrides
+from petseg.tb import read_events
 
 MONITOR = "val/dice"
 
@@ -33,8 +35,6 @@ class RunSummary:
 
 def summarise_run(run_dir: Path, sweep_dir: Path, overrides: list[str]) -> RunSummary:
     """One row: a run's own ``overrides`` (see varying_overrides) and what its TensorBoard log says."""
-    from petseg.tb import read_events
-
     events = read_events(run_dir)
     points = {step: value for step, (value, _) in events.get(MONITOR, {}).items()}
     times = [wall for series in events.values() for _, wall in series.values()]
@@ -95,8 +95,6 @@ def write_csv(rows: list[RunSummary], path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from petseg.cli import run_command
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("sweep_dir", type=Path, help="a multirun dir, e.g. outputs/multirun/<date>/<time>")
     parser.add_argument("--out", type=Path, help="folder for summary.csv/.md (default: the sweep dir)")

@@ -18,8 +18,8 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from petseg.cli import CONFIG_DIR, run_hydra_main
-from petseg.paths import project_path
+from petseg.cli import run_hydra_main
+from petseg.paths import CONFIG_DIR, project_path
 
 # Launchers that run jobs in fresh processes (submitit locally or on SLURM) unpickle this module's
 # task function there: they need src/ importable, as it is for `python src/train.py`.

@@ -12,7 +12,8 @@ from conftest import compose_train
 from helpers import DATA_DIR
 from petseg.build import build, build_trainer
 from petseg.checks import check_train_config
-from petseg.cli import CONFIG_DIR, config_options
+from petseg.config_keys import config_options
+from petseg.paths import CONFIG_DIR
 
 GROUPS = ("model", "data", "aug", "optim", "sched", "loss", "trainer", "experiment", "debug")
 OPTIONS = [(group, option) for group in GROUPS for option in config_options(group)]

@@ -236,7 +236,7 @@ def test_page_keeps_working_after_bad_input(
     def no_reload(*_args: object) -> None:
         raise AssertionError("the models are loaded once, at start")
 
-    monkeypatch.setattr("petseg.checkpoint.load_checkpoint", no_reload)
+    monkeypatch.setattr("petseg.demo.load_checkpoint", no_reload)
     shutil.copy(sample_root / "images" / "Abyssinian_5.jpg", tmp_path / "upload.jpg")
     good = run(page, tmp_path / "upload.jpg", None)[-1]
     assert (

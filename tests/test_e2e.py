@@ -159,7 +159,7 @@ def test_evaluate_with_flip_tta_says_so(trained: Path, tmp_path: Path):
 def test_evaluate_report_writes_group_tables_and_galleries(trained: Path, tmp_path: Path):
     import csv
 
-    from petseg.report import breed_of, species_of
+    from petseg.evaluation_report import breed_of, species_of
 
     report_dir = tmp_path / "report"
     run(

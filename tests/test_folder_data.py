@@ -14,7 +14,7 @@ from PIL import Image
 from helpers import CONFIG_DIR, DATA_DIR
 from petseg.datasets import build_dataset, resolve_data_settings
 from petseg.errors import PetsegError
-from petseg.folder_data import paired_files
+from petseg.folder_layout import paired_files
 from petseg.upgrade import group_yaml
 from utils import DiceMeter
 

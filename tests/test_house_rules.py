@@ -1,5 +1,7 @@
 """Rules of the code's layout, read from src/ by its syntax tree (issue 27): commands never import each
-other (what they share lives in src/petseg/), and modules import each other without cycles."""
+other (what they share lives in src/petseg/), modules import each other without cycles (not even inside
+functions or under TYPE_CHECKING), imports sit at the top of modules but for a few deliberate late
+ones, and no module grows past 350 lines."""
 
 from __future__ import annotations
 
@@ -7,6 +9,8 @@ import ast
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src"
+MAX_LATE_IMPORTS = 30  # deliberate ones: torch after Hydra parsed the command line, optional Gradio, ...
+MAX_MODULE_LINES = 350
 # src/*.py with a __main__ block are commands; oxford_pet.py is the data set module the layout names.
 LIBRARY_AT_TOP = {"oxford_pet", "utils"}
 
@@ -52,9 +56,10 @@ def test_no_command_is_imported_by_another_module() -> None:
     assert not offenders, f"commands imported by other modules (move the shared part to petseg/): {offenders}"
 
 
-def test_module_level_imports_have_no_cycle() -> None:
+def test_imports_have_no_cycle_anywhere() -> None:
+    """Module level, inside functions and under ``if TYPE_CHECKING``: each import is an edge."""
     trees = modules()
-    graph = {m: imported(t, set(trees), top_level_only=True) - {m} for m, t in trees.items()}
+    graph = {m: imported(t, set(trees), top_level_only=False) - {m} for m, t in trees.items()}
     state: dict[str, int] = {}  # 1: on the path, 2: done
 
     def visit(node: str, path: list[str]) -> list[str] | None:
@@ -71,3 +76,39 @@ def test_module_level_imports_have_no_cycle() -> None:
         if start not in state:
             cycle = visit(start, [])
             assert cycle is None, f"import cycle: {' -> '.join(cycle)}"
+
+
+def late_imports(tree: ast.Module) -> list[int]:
+    """Line numbers of the imports that are not statements of the module's body itself."""
+    top = {id(node) for node in tree.body}
+    return [
+        node.lineno
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.Import, ast.ImportFrom)) and id(node) not in top
+    ]
+
+
+def test_few_imports_inside_functions_or_blocks() -> None:
+    late = {m: lines for m, t in modules().items() if (lines := late_imports(t))}
+    count = sum(len(lines) for lines in late.values())
+    assert count <= MAX_LATE_IMPORTS, f"{count} late imports (at most {MAX_LATE_IMPORTS}): {late}"
+
+
+def test_no_module_over_the_line_limit() -> None:
+    long = {
+        str(p.relative_to(SRC)): n
+        for p in SRC.rglob("*.py")
+        if (n := len(p.read_text().splitlines())) > MAX_MODULE_LINES
+    }
+    assert not long, f"modules over {MAX_MODULE_LINES} lines (split them by job): {long}"
+
+
+def test_root_and_sample_are_defined_once_under_tests() -> None:
+    tests = Path(__file__).resolve().parent
+    for name in ("ROOT", "SAMPLE"):
+        owners = [
+            p.name
+            for p in tests.rglob("*.py")
+            if any(line.startswith(f"{name} =") for line in p.read_text().splitlines())
+        ]
+        assert len(owners) <= 1, f"{name} defined in {owners}: import it from tests/helpers.py"

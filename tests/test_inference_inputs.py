@@ -22,7 +22,7 @@ from helpers import ROOT, SAMPLE
 from models import build_model
 from petseg import pictures
 from petseg.checkpoint import save_checkpoint
-from petseg.cli import CONFIG_DIR
+from petseg.paths import CONFIG_DIR
 
 HUGE = (8000, 6000)  # width, height: 48 MP
 
@@ -218,7 +218,7 @@ def test_a_single_1x1_image_is_predicted_in_process(tiny_checkpoint: Path, tmp_p
 
 
 def test_images_are_told_by_extension_or_content(tmp_path: Path):
-    from petseg.inputs import is_image_file
+    from petseg.inference_inputs import is_image_file
 
     jpeg = (SAMPLE / "images" / "Bengal_100.jpg").read_bytes()
     files = {

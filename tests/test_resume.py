@@ -29,8 +29,8 @@ from conftest import tiny
 from helpers import ROOT
 from petseg import checkpoint as checkpoint_module
 from petseg.checkpoint import load_checkpoint, save_checkpoint
-from petseg.cli import CONFIG_DIR
 from petseg.errors import PetsegError
+from petseg.paths import CONFIG_DIR
 from petseg.resume import config_for_resume, continue_in_resumed_run
 from petseg.run import fit
 

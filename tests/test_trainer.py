@@ -12,7 +12,8 @@ import torch
 from omegaconf import DictConfig
 
 from conftest import compose_train
-from petseg.build import Built, build, build_trainer
+from petseg.build import build, build_trainer
+from petseg.run_objects import RunObjects
 from utils import binarize, dice_per_image
 
 pytestmark = pytest.mark.usefixtures("torch_settings_restored")
@@ -22,7 +23,7 @@ def tiny_cfg(tmp: Path, *extra: str) -> DictConfig:
     return compose_train(tmp, "model.base_width=4", "data.batch_size=4", "trainer.deterministic=true", *extra)
 
 
-def first_batch(built: Built) -> dict:
+def first_batch(built: RunObjects) -> dict:
     built.train_loader.sampler.set_epoch(0)
     return next(iter(built.train_loader))
 

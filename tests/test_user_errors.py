@@ -25,7 +25,7 @@ from helpers import ROOT, SAMPLE
 from models import build_model
 from petseg import checks
 from petseg.checkpoint import load_checkpoint, save_checkpoint
-from petseg.cli import CONFIG_DIR
+from petseg.paths import CONFIG_DIR
 
 TEST_NAME = (SAMPLE / "annotations" / "test.txt").read_text().split()[0]  # a test image of the sample
 

@@ -1,4 +1,4 @@
-"""The one place a training config becomes objects: ``build(cfg) -> Built``.
+"""The one place a training config becomes objects: ``build(cfg) -> RunObjects``.
 
 Model (models/ registry), datasets and loaders (oxford_pet.py), the conversion of their uint8 batches
 into model inputs (model_input.py), optimiser and schedule (optim.py), loss (losses.py), runtime
@@ -9,7 +9,6 @@ torch.compile). The Trainer receives these built objects and knows nothing of YA
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,41 +27,15 @@ from petseg.ema import EMA, check_decay
 from petseg.errors import PetsegError
 from petseg.loaders import build_dataloader
 from petseg.model_input import ModelInput
+from petseg.run_objects import RunObjects
 from petseg.runtime import Runtime, setup_runtime
 from petseg.settings import TrainSettings, train_settings
 from petseg.signals import StopSignals, shield_workers
-from petseg.thread_tuner import ThreadTuner, tuner_for
+from petseg.thread_tuner import tuner_for
 from petseg.trainer import Trainer
 from utils import seed_everything
 
 log = logging.getLogger("petseg.train")
-
-
-@dataclass
-class Built:
-    """Everything a training run needs, built from its config."""
-
-    runtime: Runtime
-    model_input: ModelInput  # uint8 batches -> the model's float inputs on its device
-    model: nn.Module  # what checkpoints save and evaluation runs
-    train_model: nn.Module  # the same parameters, wrapped for training (DDP, torch.compile) or itself
-    train_set: SegmentationDataset  # at the final training size, data.image_size
-    val_set: SegmentationDataset
-    train_loader: DataLoader  # of train_set
-    val_loader: DataLoader
-    steps_per_epoch: int  # optimiser steps (of trainer.accumulate batches each)
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    loss_fn: nn.Module
-    scaler: torch.amp.GradScaler
-    thread_tuner: ThreadTuner | None
-    # The train loaders of the smaller sizes of trainer.size_schedule, by size (same images, order and
-    # augmentation seeds as train_loader; each size has its own cache entry).
-    smaller_train_loaders: dict[int, DataLoader] = field(default_factory=dict)
-
-    def train_loader_at(self, size: int) -> DataLoader:
-        """The train loader of image size ``size``."""
-        return self.smaller_train_loaders.get(size, self.train_loader)
 
 
 def _instantiate(node: DictConfig, group: str) -> Any:
@@ -129,7 +102,7 @@ def _train_loader(cfg: DictConfig, size: int, dist: DistInfo) -> tuple[Segmentat
     return dataset, loader
 
 
-def build(cfg: DictConfig, dist: DistInfo = SINGLE) -> Built:
+def build(cfg: DictConfig, dist: DistInfo = SINGLE) -> RunObjects:
     """Seed, set up the runtime, and build every object of a training run from ``cfg``."""
     trainer_cfg = cfg.trainer
     resolve_data_settings(cfg.data)  # before the model: its in_channels follow data.channels
@@ -165,7 +138,7 @@ def build(cfg: DictConfig, dist: DistInfo = SINGLE) -> Built:
     # checkpoints save and evaluation runs (DDP's forward would sync buffers, and the eval shards
     # differ in length, so eval must not go through it).
     train_model = runtime.compile_model(wrap_model(model, dist))
-    return Built(
+    return RunObjects(
         runtime=runtime,
         model_input=ModelInput.of(cfg.data, runtime),
         model=model,
@@ -186,7 +159,7 @@ def build(cfg: DictConfig, dist: DistInfo = SINGLE) -> Built:
 
 def build_trainer(
     cfg: DictConfig,
-    built: Built,
+    built: RunObjects,
     run_dir: str | Path,
     dist: DistInfo = SINGLE,
     stop: StopSignals | None = None,
@@ -221,7 +194,7 @@ def trainer_for_step(
     callbacks): benchmarks time the real step on synthetic uint8 batches with it."""
     from petseg.optim import constant
 
-    built = Built(
+    built = RunObjects(
         runtime=runtime,
         model_input=model_input,
         model=model,

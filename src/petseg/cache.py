@@ -28,9 +28,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import albumentations
+import cv2
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
 
 from petseg.errors import PetsegError
 from petseg.paths import PROJECT_ROOT
@@ -46,9 +49,6 @@ LoadFn = Callable[[int], tuple[np.ndarray, np.ndarray]]
 
 def _resize_code_version() -> str:
     """Versions of the libraries whose resize produced the arrays: an upgrade may change pixels."""
-    import albumentations
-    import cv2
-
     return f"albumentations {albumentations.__version__}, cv2 {cv2.__version__}"
 
 
@@ -230,7 +230,6 @@ def open_or_build(
     tmp = f".tmp{os.getpid()}"
     tmp_images = images_path.with_name(images_path.name + tmp)
     tmp_masks = masks_path.with_name(masks_path.name + tmp)
-    from tqdm import tqdm
 
     try:
         images = np.lib.format.open_memmap(tmp_images, mode="w+", dtype=np.uint8, shape=(n, s, s, channels))

@@ -13,19 +13,33 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+from omegaconf import DictConfig
 from torch.utils.tensorboard import SummaryWriter
 
 from petseg.checkpoint import export_best
+from petseg.distributed import DistInfo
 from petseg.pictures import comparison_rows
+from petseg.progress import Progress
 from petseg.tb import write_epoch, write_hparams_start, write_run_end
 from petseg.thread_tuner import ThreadTuner
 
-if TYPE_CHECKING:
-    from omegaconf import DictConfig
 
-    from petseg.trainer import Trainer
+class Trainer(Protocol):
+    """What callbacks read of the Trainer (petseg/trainer.py), which calls them: named here so that this
+    module, which the Trainer imports, needs no import of it."""
+
+    dist: DistInfo
+    progress: Progress
+    resumed_from: Path | None
+    choices: dict[str, str]
+    current_size: int
+    steps_per_epoch: int
+    saved_at: float
+
+    def save(self, name: str) -> Path: ...
+
 
 log = logging.getLogger("petseg.train")
 

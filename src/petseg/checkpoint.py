@@ -23,8 +23,8 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from models import build_model
-from petseg.cli import is_multirun
 from petseg.errors import PetsegError
+from petseg.hydra_args import is_multirun
 from petseg.paths import project_path
 from petseg.upgrade import upgrade_config
 

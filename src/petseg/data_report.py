@@ -10,13 +10,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
 
-from oxford_pet import (
-    SPLITS,
+from petseg.download import download_oxford_pet
+from petseg.errors import PetsegError
+from petseg.paths import project_path
+from petseg.pet_layout import (
     check_no_test_leak,
     check_root,
     download_hint,
-    example_names,
     files_in,
     image_path,
     present_names,
@@ -24,8 +26,7 @@ from oxford_pet import (
     split_names,
     trimap_path,
 )
-from petseg.errors import PetsegError
-from petseg.paths import project_path
+from petseg.splits import SPLITS, example_names
 
 # ------------------------------------------------------------------------------------------ inspection
 
@@ -95,7 +96,6 @@ def inspect_root(root: Path, verify: bool = False, progress: bool = True) -> Roo
         raise PetsegError(f"no image+trimap pair of any split is present under {root}; {download_hint(root)}")
     if verify:
         report.verified = True
-        from tqdm import tqdm
 
         for name in tqdm(sorted(images), desc="verify", unit="img", disable=not progress, file=sys.stderr):
             oddity, size, error = _describe_image(image_path(root, name))
@@ -174,8 +174,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     root = project_path(args.root)
     try:
         if args.download:
-            from petseg.download import download_oxford_pet
-
             download_oxford_pet(root)
         report = inspect_root(root, verify=args.verify)
     except PetsegError as e:

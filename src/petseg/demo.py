@@ -19,8 +19,15 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from petseg.checkpoint import load_checkpoint
 from petseg.errors import PetsegError
+from petseg.evaluation import REFERENCE_SIZE, reference_mask, resize_logits
+from petseg.images import read_image
 from petseg.paths import PROJECT_ROOT, shown_path
+from petseg.pet_layout import image_path, present_names, read_trimap, split_names, trimap_path, trimap_to_mask
+from petseg.pictures import overlay
+from petseg.predictor import Predictor
+from utils import binarize, dice_per_image
 
 # The two columns of the page: command-line key -> (title, model name train.py gives it).
 SLOTS: dict[str, tuple[str, str]] = {"unet": ("UNet", "unet"), "resnet": ("ResNet34-UNet", "resnet34_unet")}
@@ -111,9 +118,6 @@ class ModelSlot:
 def load_slot(key: str, path: str | Path, device: str = "auto") -> ModelSlot:
     """Load one column's checkpoint; any problem with the file becomes the slot's error, never an
     exception, so the page still starts and says what is wrong."""
-    from petseg.checkpoint import load_checkpoint
-    from petseg.predictor import Predictor
-
     slot = ModelSlot(key=key, path=Path(path), title=SLOTS[key][0])
     try:
         ckpt = load_checkpoint(path)
@@ -156,12 +160,10 @@ class Photo:
 
 
 def read_photo(path: str | Path, name: str, max_megapixels: float, upright: bool = True) -> Photo:
-    """Decode an uploaded file like the training images (oxford_pet.read_image), after checking its size
+    """Decode an uploaded file like the training images (petseg/images.py read_image), after checking its size
     from the header alone. ``upright``: apply the EXIF orientation (phone photos; not dataset images,
     whose trimaps were drawn on the stored pixels). Messages name the file by ``name``, not its temp path.
     """
-    from oxford_pet import read_image
-
     path = Path(path)
     try:
         with Image.open(path) as im:  # reads the header only
@@ -215,8 +217,6 @@ class TestImages:
 
     def read(self, name: str, max_megapixels: float) -> Photo:
         """A test image with its ground truth; only names of the list (never a path) are accepted."""
-        from oxford_pet import image_path, read_trimap, trimap_path, trimap_to_mask
-
         if name not in self.names:
             raise PetsegError(f"{name!r} is not a test image of {self.root}; pick one from the list")
         photo = read_photo(image_path(self.root, name), name, max_megapixels, upright=False)
@@ -233,8 +233,6 @@ class TestImages:
 
 def find_test_images(root: str | Path) -> TestImages:
     """Test images present under ``root``; none (with the reason) when the root or its lists are missing."""
-    from oxford_pet import present_names, split_names
-
     root = Path(root)
     try:
         listed = split_names(root, "test")
@@ -259,10 +257,6 @@ class Prediction:
 def predict(predictor: Any, photo: Photo, threshold: float, tta: bool) -> Prediction:
     """One model on one photo: the same logits give the full-size mask (overlay) and the reference
     protocol's 256x256 mask (Dice against the trimap resized by nearest neighbour), as evaluate.py does."""
-    from petseg.evaluation import REFERENCE_SIZE, reference_mask, resize_logits
-    from petseg.pictures import overlay
-    from utils import binarize, dice_per_image
-
     height, width = photo.image.shape[:2]
     with _PREDICT_LOCK, torch.no_grad():
         predictor.tta = tta

@@ -11,16 +11,13 @@ parameters; integer ones (the batch counters) are copied.
 from __future__ import annotations
 
 import copy
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
-from petseg.callbacks import Callback
+from petseg.callbacks import Callback, Trainer
 from petseg.errors import PetsegError
-
-if TYPE_CHECKING:
-    from petseg.trainer import Trainer
 
 
 def check_decay(value: Any) -> float | None:

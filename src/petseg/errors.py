@@ -4,6 +4,8 @@ Entry points catch ``PetsegError`` and print its message on one line with exit c
 mistake (bad config, missing file) never ends in a stack trace. Internal bugs stay ordinary exceptions.
 """
 
+USAGE_ERROR = 2  # the exit code of a user mistake, in every command
+
 
 class PetsegError(Exception):
     """An error caused by user input (config, files, data); its message is shown as is."""

@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from petseg.evaluation import predict_logits
 from petseg.model_input import ModelInput
 from petseg.pictures import comparison_rows
 from utils import binarize
@@ -91,8 +92,6 @@ def write_report(
 ) -> None:
     """Per-breed and per-species Dice tables (CSV + Markdown) and best/worst prediction galleries of
     ``dataset`` (an OxfordPetDataset), from the per-image ``dice_256`` of an evaluation."""
-    from petseg.evaluation import predict_logits
-
     out_dir.mkdir(parents=True, exist_ok=True)
     tables = [
         write_table(group_dice(per_image, breed_of), out_dir / "per_breed.csv", "breed"),

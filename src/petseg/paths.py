@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]  # src/petseg/paths.py -> the repository
+CONFIG_DIR = PROJECT_ROOT / "configs"  # every command's YAML
 
 
 def project_path(value: str | os.PathLike[str]) -> Path:

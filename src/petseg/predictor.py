@@ -10,10 +10,10 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from oxford_pet import read_image
 from petseg.checkpoint import model_from_checkpoint
 from petseg.checks import check_device, check_threshold
 from petseg.evaluation import predict_logits, resize_logits
+from petseg.images import read_image
 from petseg.model_input import ModelInput
 from petseg.runtime import Runtime, setup_runtime
 from petseg.transforms import build_transform

@@ -19,18 +19,32 @@ from __future__ import annotations
 import logging
 import shlex
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from omegaconf import DictConfig, OmegaConf
 
 from petseg.checkpoint import load_checkpoint
-from petseg.cli import hydra_quote, is_multirun
+from petseg.distributed import DistInfo
 from petseg.errors import PetsegError
+from petseg.hydra_args import hydra_quote, is_multirun
 from petseg.paths import python_command
+from petseg.progress import Progress
+from petseg.run_objects import RunObjects
 from petseg.upgrade import upgrade_config
 
-if TYPE_CHECKING:
-    from petseg.trainer import Trainer
+
+class Trainer(Protocol):
+    """What resume_trainer sets and reads of the Trainer (petseg/trainer.py), which imports this module."""
+
+    built: RunObjects
+    dist: DistInfo
+    progress: Progress
+    steps_per_epoch: int
+    resumed_from: Path | None
+    choices: dict[str, str]
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
 
 log = logging.getLogger("petseg.train")
 

@@ -13,19 +13,19 @@ from typing import Any
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from petseg.build import Built, build, build_trainer
+from petseg.build import build, build_trainer
 from petseg.checkpoint import remove_partial_writes
-from petseg.cli import USAGE_ERROR
 from petseg.distributed import DistInfo, broadcast_object, init_distributed, shutdown
-from petseg.errors import PetsegError, TrainingDiverged
+from petseg.errors import USAGE_ERROR, PetsegError, TrainingDiverged
 from petseg.paths import project_path
 from petseg.resume import resolve_resume, resume_trainer
+from petseg.run_objects import RunObjects
 from petseg.signals import StopSignals, TrainingInterrupted
 
 log = logging.getLogger("petseg.train")
 
 
-def _describe(cfg: DictConfig, built: Built, dist: DistInfo) -> str:
+def _describe(cfg: DictConfig, built: RunObjects, dist: DistInfo) -> str:
     runtime = built.runtime
     ddp = f"; {dist.world_size} processes (DDP), global batch {dist.world_size * int(cfg.data.batch_size)}"
     return (

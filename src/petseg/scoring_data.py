@@ -8,9 +8,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from petseg.cli import CONFIG_DIR, unknown_key_message
+from petseg.config_keys import unknown_key_message
 from petseg.errors import PetsegError
-from petseg.paths import project_path, shown_path
+from petseg.paths import CONFIG_DIR, project_path, shown_path
 from petseg.upgrade import group_yaml
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 
@@ -121,8 +122,6 @@ def write_run_end(
 def read_events(run_dir: str | Path) -> dict[str, dict[int, tuple[float, float]]]:
     """Every scalar under ``run_dir``: {tag: {step: (value, wall time)}}, from all its event files in
     the order they were written (a resumed run's later writes win); {} when there are none."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
     files = sorted(Path(run_dir).rglob("events.out.tfevents.*"), key=lambda f: f.stat().st_mtime)
     events: dict[str, dict[int, tuple[float, float]]] = {}
     for file in files:

@@ -1,25 +1,14 @@
 """The one training loop: built objects and plain settings in (``petseg.build.build_trainer``), best
 validation Dice out.
 
-``Trainer.train_step`` is one optimisation step and nothing else (over ``settings.accumulate``
-micro-batches). ``train_epoch`` runs the steps with a progress bar at the epoch's training size
-(``settings.size_at``), agreeing across processes on the metrics and a stop request in one collective
-per step; ``validate`` scores the valid split with ``evaluate()`` by the reference protocol; ``fit``
-runs the epochs and saves ``last.pth`` (everything needed to resume: ``state_dict``) and ``best.pth``
-(by ``settings.monitor``). Test images are never touched here. Everything else (TensorBoard, thread
-tuning, mid-epoch saves, the weights' EMA, the export) is a callback (``petseg.callbacks``) called
-after each step, after each epoch and at the end.
-
-Around the step, not inside it: checkpoints are written atomically; SIGINT/SIGTERM finish the step in
-flight, save last.pth, print the resume command and exit with 128 + the signal number
-(``petseg.signals``); a non-finite loss or weight stops the run with a ``PetsegError`` naming epoch and
-step, before anything non-finite reaches last.pth. Setting a run up (signals, processes, run dir):
-``petseg.run``; continuing one: ``petseg.resume``.
-
-Several processes (``torchrun``): the model is wrapped in DistributedDataParallel; each rank trains on
-its shard of every epoch and validates on its shard, with metrics summed over ranks, so the logged
-numbers equal a single-process evaluation of the same weights. Only rank 0 writes logs, TensorBoard
-events and checkpoints.
+``train_step`` is one optimisation step (``settings.accumulate`` micro-batches); ``train_epoch`` runs
+them at the epoch's size (``settings.size_at``), one collective per step for metrics and stop requests;
+``validate`` scores the valid split by the reference protocol (``evaluate()``); ``fit`` runs the epochs
+and saves ``last.pth`` (``state_dict``: all resume needs) and ``best.pth`` (by ``settings.monitor``).
+Test images are never touched. TensorBoard, thread tuning, mid-epoch saves, EMA and the export are
+callbacks (``petseg.callbacks``). SIGINT/SIGTERM save last.pth and exit 128 + signal; a non-finite loss
+or weight stops the run before it reaches last.pth. Under torchrun each rank trains and validates on
+its shard, metrics summed over ranks; only rank 0 writes. Setting a run up: ``petseg.run``.
 """
 
 from __future__ import annotations
@@ -32,7 +21,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -46,12 +35,10 @@ from petseg.errors import PetsegError, TrainingDiverged
 from petseg.evaluation import ReferenceTargets, evaluate
 from petseg.progress import Progress, epoch_line, epoch_record
 from petseg.resume import resume_command
+from petseg.run_objects import RunObjects
 from petseg.settings import TrainSettings
 from petseg.signals import StopSignals, TrainingInterrupted
 from utils import binarize, capture_rng, dice_per_image, restore_rng
-
-if TYPE_CHECKING:
-    from petseg.build import Built
 
 log = logging.getLogger("petseg.train")
 
@@ -66,7 +53,7 @@ class Trainer:
 
     def __init__(
         self,
-        built: Built,
+        built: RunObjects,
         settings: TrainSettings,
         run_dir: Path,
         config: dict[str, Any],
@@ -75,13 +62,8 @@ class Trainer:
         callbacks: Sequence[Any] = (),
         choices: dict[str, str] | None = None,
     ) -> None:
-        self.built, self.settings, self.run_dir, self.config, self.dist = (
-            built,
-            settings,
-            Path(run_dir),
-            config,
-            dist,
-        )
+        self.built, self.settings, self.config, self.dist = built, settings, config, dist
+        self.run_dir = Path(run_dir)
         # Only a flag that handlers set: a Trainer used without fit() just never sees a signal.
         self.stop = stop if stop is not None else StopSignals()
         self.callbacks = list(callbacks)

@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import random
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import albumentations as A
+import cv2
 import numpy as np
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from petseg.errors import PetsegError
-
-if TYPE_CHECKING:  # albumentations is imported lazily: it costs ~1 s and the CLI summary never needs it
-    import albumentations as A
 
 # ------------------------------------------------------------------------------------- augmentation
 
@@ -27,9 +29,6 @@ def resize_transform(image_size: int) -> A.Resize:
     like the image's resampling and PIL's NEAREST (the reference protocol's). Plain INTER_NEAREST takes
     the top-left pixel of each source cell instead, shifting every mask up to (s-1)/2 source pixels
     right and down of its image."""
-    import albumentations as A
-    import cv2
-
     return A.Resize(
         height=image_size,
         width=image_size,
@@ -57,12 +56,6 @@ def build_train_transforms(aug_cfg: Any) -> list[Any]:
     Checks, because a wrong entry would silently corrupt labels: every entry is an albumentations
     transform, and every transform that resamples masks does it by nearest neighbour.
     """
-    import albumentations as A
-    import cv2
-    from hydra.errors import InstantiationException
-    from hydra.utils import instantiate
-    from omegaconf import DictConfig, ListConfig, OmegaConf
-
     entries = _aug_get(aug_cfg, "train")
     name = _aug_get(aug_cfg, "name") or "?"
     if entries is None:
@@ -104,8 +97,6 @@ def build_train_transforms(aug_cfg: Any) -> list[Any]:
 
 def _cv2_resize_transforms() -> tuple[type, ...]:
     """albumentations transforms that resample masks with cv2.resize (they accept INTER_NEAREST_EXACT)."""
-    import albumentations as A
-
     return (
         A.Resize,
         A.RandomResizedCrop,
@@ -133,8 +124,6 @@ def build_transform(aug_cfg: Any, image_size: int, train: bool) -> A.Compose:
     photometric ones (ImageOnlyTransform) leave the mask alone. The resize comes last so each image is
     resampled once, at the end, after cropping/affine.
     """
-    import albumentations as A
-
     image_size = check_image_size(image_size)
     transforms = build_train_transforms(aug_cfg) if train else []
     return A.Compose([*transforms, resize_transform(image_size)])

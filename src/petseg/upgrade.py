@@ -13,7 +13,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from petseg.cli import CONFIG_DIR
+from petseg.paths import CONFIG_DIR
 
 # Groups merged under the saved section as they are: by the saved `name` (data: oxford_pet, folder,
 # isbi2012_em, ...), else this option (the only one when the checkpoint was written).
