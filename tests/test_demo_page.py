@@ -33,6 +33,9 @@ from PIL import Image
 from helpers import ROOT, SAMPLE, SHARED
 from test_demo import demo_dependency
 
+# A real server on a real port, its models loaded, a browser where there is one: the full suite's.
+pytestmark = pytest.mark.slow
+
 DATA_ROOT = SHARED if (SHARED / "annotations" / "test.txt").is_file() else SAMPLE
 UPLOAD = SAMPLE / "images" / "Bengal_100.jpg"  # a real photo, not a test image: no ground truth
 TEST_IMAGE = "Bengal_192"  # a test image of both the sample and the shared copy

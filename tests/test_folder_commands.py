@@ -78,6 +78,7 @@ def test_evaluate_and_inference_need_no_data_keys(em_run: Path, tmp_path: Path):
     assert np.asarray(Image.open(single / "slice_00_mask.png")).shape == (128, 128)
 
 
+@pytest.mark.slow
 def test_a_folder_of_other_names_and_sizes_trains(tmp_path: Path):
     """Any folder: RGB images of mixed formats and a size other than the training size."""
     root = make_folder(tmp_path / "d", n=12, size=(50, 70))
