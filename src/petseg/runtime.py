@@ -22,11 +22,8 @@ AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 # trainer.amp=auto and trainer.channels_last=auto. CUDA: bf16 autocast (where supported) and NHWC, which
 # lets cuDNN use tensor-core kernels without transposes. CPU: it depends on the CPU's bf16 units
 # (cpu_bf16_units). With AMX tiles (Intel Sapphire Rapids and later) or AVX512-BF16 (e.g. AMD Zen 4)
-# oneDNN runs bf16 NHWC convolutions much faster than fp32: resnet34_unet at 128 px trains 1.7x faster
-# with bf16 + channels_last on a 2-core AVX512-BF16 EPYC (13.7 -> 23.9 img/s), 1.7x on an AMX Xeon
-# (11.3 -> 19.6), and the paper-width unet 2.0x / 4.4x (benchmarks/README.md). Without such units bf16
-# is emulated and slower, and NHWC measured slower on an AVX2 EPYC (resnet34_unet +6 %, unet +25 % CPU
-# time per step), so fp32 in the default layout stays.
+# oneDNN runs bf16 NHWC convolutions much faster than fp32; without them bf16 is emulated and slower, and
+# NHWC measured slower too, so fp32 in the default layout stays (the figures: benchmarks/README.md).
 def cpu_bf16_units() -> str | None:
     """'AMX' or 'AVX512-BF16' when this CPU has native bf16 matrix/vector units, else None."""
     cpu = getattr(torch, "cpu", None)
@@ -54,9 +51,8 @@ def _auto_amp_layout(device: torch.device) -> tuple[str, bool, str]:
 # glibc mallopt() parameters (malloc.h). Defaults: big blocks (>= 128 KiB, adaptive up to 32 MiB) are
 # mmap'd and unmapped on free, the heap top is trimmed back to the OS at 128 KiB, and every thread
 # (oneDNN/OpenMP workers) gets its own arena. A CPU train step allocates and frees ~1 GB of activations
-# and gradients, so each step faulted in and zeroed ~450k fresh pages (~1.7 GB) again. Keeping freed
-# memory in one arena cut that to ~20k page faults per step and made the resnet34_unet step ~25 %
-# faster on a 2-core EPYC (benchmarks/README.md). The price: the process keeps its peak memory
+# and gradients, so each step faulted in and zeroed fresh pages again; keeping freed memory in one arena
+# avoids that (the step time it saves: benchmarks/README.md). The price: the process keeps its peak memory
 # mapped instead of handing it back between steps (the peak itself does not change).
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -2, -3, -8
 _RETAIN_SETTINGS = (

@@ -1,13 +1,11 @@
 """CPU training on a shared machine: pick the torch thread count by timing the steps themselves.
 
-torch uses one thread per core. When another CPU-bound process runs on a small machine (a second run,
-an evaluation, a browser), the thread that loses its core holds up every parallel region of the step,
-and a step at 2 threads became 3.5x slower beside one busy process on a 2-core EPYC, while 1 thread
-kept its own pace (benchmarks/busy_machine.py: 0.59 s alone -> 2.09 s busy at 2 threads, 1.20 s
-either way at 1 thread; OpenMP's wait policy made no difference there). No fixed setting is right for
-both cases, so ``trainer.threads: auto`` measures: every ``period`` steps, and at once when the steps
-get much slower than the best seen, it times ``probe`` steps at the other thread count and keeps the
-faster one. On a quiet machine this costs the probe steps (~1-2 % of the time).
+torch uses one thread per core. When other CPU-bound processes run on a small machine (a second run,
+an evaluation, a test suite), the thread that loses its core holds up every parallel region of the
+step, while one thread keeps its own pace (benchmarks/README.md: busy_machine.py, crowded_machine.py).
+No fixed setting is right for both cases, so ``trainer.threads: auto`` measures: every ``period``
+steps, and at once when the steps get much slower than the best seen, it times ``probe`` steps at the
+other thread count and keeps the faster one. On a quiet machine this costs the probe steps (~1-2 %).
 """
 
 from __future__ import annotations
@@ -119,8 +117,7 @@ def tuner_for(trainer: Any, device: torch.device, distributed: bool) -> ThreadTu
     if trainer.deterministic or cores < 2:
         return None
     # On a machine already crowded at the start, all threads would lose every parallel region to the
-    # other processes (a 64 px step at 2 threads: 3.0 s there against 0.6 s at 1): start at one and
-    # let the first probe decide.
+    # other processes: start at one and let the first probe decide.
     busy = others_running() >= max(1, cores // 2)
     return ThreadTuner((cores, 1), torch.set_num_threads, start=1 if busy else cores)
 
