@@ -155,3 +155,16 @@ def test_others_running_sees_a_busy_process() -> None:
     finally:
         spinner.kill()
         spinner.wait()
+
+
+def test_at_one_thread_a_freed_machine_is_probed_at_once_not_after_the_period() -> None:
+    """At 1 thread a step takes as long busy as free (Machine: 1.2 s): the count of other runnable
+    threads tells the tuner the machine is free, and it returns to 2 threads within a few steps."""
+    machine = Machine()
+    tuner = ThreadTuner((2, 1), machine.set_threads, period=200, probe=3, others=lambda: 2.0 * machine.busy)
+    machine.busy = True
+    run(tuner, machine, 30)
+    assert tuner.current == 1
+    machine.busy = False
+    run(tuner, machine, 15)  # a window of quiet samples, then a 3-step probe
+    assert tuner.current == 2 and machine.threads == 2

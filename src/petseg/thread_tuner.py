@@ -28,7 +28,10 @@ MORE_MARGIN = 0.85  # and back to more only when those are at least 15 % faster 
 
 class ThreadTuner:
     """Call ``after_step(seconds)`` after every train step; it calls ``set_threads(n)`` when it probes
-    or switches. ``choices``: the thread counts to choose from (e.g. (cores, 1))."""
+    or switches. ``choices``: the thread counts to choose from (e.g. (cores, 1)). ``others``: how many
+    other processes' threads are runnable now (``others_running``): below all cores, a window of steps
+    in which mostly none were probes all cores at once, instead of waiting for the period (a step at one
+    thread takes as long on a busy machine as on a free one, so its time cannot tell)."""
 
     def __init__(
         self,
@@ -39,6 +42,7 @@ class ThreadTuner:
         window: int = 5,
         slowdown: float = 1.5,
         start: int | None = None,
+        others: Callable[[], float] | None = None,
     ) -> None:
         self.choices = tuple(dict.fromkeys(choices))
         self.set_threads = set_threads
@@ -47,6 +51,8 @@ class ThreadTuner:
         if self.current != self.choices[0]:
             set_threads(self.current)
         self.recent: deque[float] = deque(maxlen=window)
+        self.others = others
+        self.others_seen: deque[float] = deque(maxlen=window)
         self.reset()
 
     def reset(self) -> None:
@@ -55,6 +61,7 @@ class ThreadTuner:
         if getattr(self, "probing", None) is not None:
             self.set_threads(self.current)  # a probe cut short
         self.recent.clear()
+        self.others_seen.clear()
         self.best: dict[int, float] = {}
         # Probe once as soon as the first window is timed: a run started on an already busy machine
         # would otherwise take that slow pace as its best and wait a whole period.
@@ -77,8 +84,16 @@ class ThreadTuner:
         median = statistics.median(self.recent)
         self.best[self.current] = min(self.best.get(self.current, median), median)
         slowed = median > self.slowdown * self.best[self.current]
-        if self.steps_since_probe >= self.period or slowed:
+        if self.steps_since_probe >= self.period or slowed or self._machine_freed():
             self._start_probe()
+
+    def _machine_freed(self) -> bool:
+        if self.others is None or self.current == max(self.choices):
+            return False
+        self.others_seen.append(self.others())
+        if len(self.others_seen) < self.others_seen.maxlen or self.steps_since_probe < len(self.others_seen):
+            return False
+        return statistics.median(self.others_seen) == 0
 
     def _start_probe(self) -> None:
         self.probing = next(c for c in self.choices if c != self.current)
@@ -104,6 +119,7 @@ class ThreadTuner:
         self.set_threads(self.current)
         self.probing = None
         self.recent.clear()
+        self.others_seen.clear()
         self.steps_since_probe = 0
 
 
@@ -119,7 +135,12 @@ def tuner_for(trainer: Any, device: torch.device, distributed: bool) -> ThreadTu
     # On a machine already crowded at the start, all threads would lose every parallel region to the
     # other processes: start at one and let the first probe decide.
     busy = others_running() >= max(1, cores // 2)
-    return ThreadTuner((cores, 1), torch.set_num_threads, start=1 if busy else cores)
+    return ThreadTuner(
+        (cores, 1),
+        torch.set_num_threads,
+        start=1 if busy else cores,
+        others=lambda: others_running(samples=1, interval_s=0.0),
+    )
 
 
 def others_running(samples: int = 5, interval_s: float = 0.01) -> float:
