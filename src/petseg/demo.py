@@ -8,6 +8,7 @@ is a PetsegError whose message the page shows as it is.
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
@@ -231,9 +232,17 @@ class TestImages:
         return photo
 
 
+def project_relative(path: Path) -> str:
+    """``path`` as the page shows it: from the project root (``../shared/...``), never this machine's
+    absolute path, unless it lies far outside the project."""
+    relative = os.path.relpath(Path(path).resolve(), PROJECT_ROOT)
+    return str(path) if relative.startswith(os.path.join(os.pardir, os.pardir, os.pardir)) else relative
+
+
 def find_test_images(root: str | Path) -> TestImages:
     """Test images present under ``root``; none (with the reason) when the root or its lists are missing."""
     root = Path(root)
+    where = project_relative(root)
     try:
         listed = split_names(root, "test")
     except PetsegError as err:
@@ -241,8 +250,8 @@ def find_test_images(root: str | Path) -> TestImages:
     present = present_names(root)
     names = [n for n in listed if n in present]
     if not names:
-        return TestImages(root, [], f"No test images to pick: none of the {len(listed)} listed is in {root}")
-    return TestImages(root, names, f"{len(names)} test images of {root} (with ground truth and Dice)")
+        return TestImages(root, [], f"No test images to pick: none of the {len(listed)} listed is in {where}")
+    return TestImages(root, names, f"{len(names)} test images of {where} (with ground truth and Dice)")
 
 
 # ----------------------------------------------------------------------------------------- predictions
