@@ -22,7 +22,8 @@ def tiny(*overrides: str, tmp: Path | None = None) -> list[str]:
     """train.py overrides of the one tiny recipe (configs/debug/tiny.yaml) on the committed sample,
     its cache under ``tmp`` if given; ``overrides`` come last (the last value of a key wins)."""
     cache = [f"data.cache_dir={tmp / 'cache'}"] if tmp is not None else []
-    return ["debug=tiny", f"data.root={SAMPLE_ROOT}", *cache, *overrides]
+    # last.pth too (debug=tiny leaves it out): most tests resume or inspect it.
+    return ["debug=tiny", f"data.root={SAMPLE_ROOT}", "trainer.checkpoint.save_last=true", *cache, *overrides]
 
 
 def compose_train(tmp: Path, *overrides: str) -> DictConfig:

@@ -211,6 +211,7 @@ def test_debug_tiny_on_real_data_caps_its_steps(tmp_path: Path) -> None:
         f"data.root={SHARED}",
         "data.allow_missing=true",
         "model.base_width=4",
+        "trainer.checkpoint.save_last=true",  # for its progress record
         f"data.cache_dir={tmp_path / 'cache'}",
         f"hydra.run.dir={run_dir}",
     )
@@ -249,3 +250,18 @@ def test_evaluate_refuses_a_partial_copy_unless_told_whatever_the_checkpoint_say
     assert refused.returncode == 2 and "data.allow_missing=true" in refused.stderr, refused.stderr
     allowed = run(*args, "data.allow_missing=true", f"output={tmp_path / 'm.json'}")
     assert "1 listed images missing" in allowed.stdout
+
+
+def test_a_debug_tiny_smoke_run_writes_best_pth_only(tmp_path: Path) -> None:
+    """A smoke run is not resumed: no last.pth (AdamW moments, 373 MB for the paper-width UNet), so
+    its run dir holds what evaluation needs (issue 26: 560 MB for a 5-batch run once)."""
+    run_dir = tmp_path / "run"
+    run(
+        "train.py",
+        "debug=tiny",
+        f"data.root={SAMPLE}",
+        "model.base_width=4",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        f"hydra.run.dir={run_dir}",
+    )
+    assert (run_dir / "best.pth").is_file() and not (run_dir / "last.pth").exists()
