@@ -15,6 +15,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 from petseg.cli import run_command
 from petseg.errors import PetsegError
 from petseg.sweeps import find_runs, shared_overrides, varying_overrides
@@ -64,7 +66,18 @@ def summarise(sweep_dir: Path) -> list[RunSummary]:
     return sorted(rows, key=lambda r: -1.0 if r.best_dice is None else r.best_dice, reverse=True)
 
 
-HEADER = ("rank", "run", "overrides", "best val dice_256", "epoch", "epochs", "wall min")
+def header(headline: str = "dice_256") -> tuple[str, ...]:
+    """The columns; the Dice one named by the data's headline (val/dice logs it: dice_256 for pets)."""
+    return ("rank", "run", "overrides", f"best val {headline}", "epoch", "epochs", "wall min")
+
+
+def headline_of(runs: list[Path]) -> str:
+    """``data.headline`` of the first job with a config (jobs of one sweep share their data group)."""
+    for run_dir in runs:
+        config_file = run_dir / ".hydra" / "config.yaml"
+        if config_file.is_file():
+            return str(OmegaConf.select(OmegaConf.load(config_file), "data.headline", default="dice_256"))
+    return "dice_256"
 
 
 def as_cells(rank: int, row: RunSummary) -> list[str]:
@@ -79,18 +92,19 @@ def as_cells(rank: int, row: RunSummary) -> list[str]:
     ]
 
 
-def to_markdown(rows: list[RunSummary], shared: list[str] | None = None) -> str:
+def to_markdown(rows: list[RunSummary], shared: list[str] | None = None, headline: str = "dice_256") -> str:
     """The table; led by the overrides all jobs share, which its column leaves out."""
+    columns = header(headline)
     lines = [f"Every job: {' '.join(shared) if shared else '(no shared overrides)'}", ""]
-    lines += ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(as_cells(i, r)) + " |" for i, r in enumerate(rows, 1)]
     return "\n".join(lines) + "\n"
 
 
-def write_csv(rows: list[RunSummary], path: Path) -> None:
+def write_csv(rows: list[RunSummary], path: Path, headline: str = "dice_256") -> None:
     with path.open("w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(HEADER)
+        writer.writerow(header(headline))
         writer.writerows(as_cells(i, r) for i, r in enumerate(rows, 1))
 
 
@@ -104,9 +118,11 @@ def main(argv: list[str] | None = None) -> int:
         rows = summarise(args.sweep_dir)
         out = args.out or args.sweep_dir
         out.mkdir(parents=True, exist_ok=True)
-        markdown = to_markdown(rows, shared_overrides(find_runs(args.sweep_dir)))
+        runs = find_runs(args.sweep_dir)
+        headline = headline_of(runs)
+        markdown = to_markdown(rows, shared_overrides(runs), headline)
         (out / "summary.md").write_text(markdown)
-        write_csv(rows, out / "summary.csv")
+        write_csv(rows, out / "summary.csv", headline)
         print(markdown, end="")
         print(f"saved {out / 'summary.csv'} and {out / 'summary.md'}")
         return 0

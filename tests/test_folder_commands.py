@@ -127,3 +127,23 @@ def test_bad_folder_settings_are_one_line_and_exit_2(tmp_path: Path, args: list[
     )
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert done.returncode == 2 and len(lines) == 1 and message in lines[0], done.stderr
+
+
+@pytest.mark.slow
+def test_a_sweep_on_folder_data_is_summarised_and_plotted(tmp_path: Path):
+    """-m over the EM sample, then sweep_summary.py and curves.py on its dir: the same commands as for
+    pets, the headline the data's own (dice_native for folders)."""
+    sweep = tmp_path / "sweep"
+    run(
+        "train.py",
+        "-m",
+        *em_overrides(tmp_path),
+        "trainer.epochs=1",
+        "optim.lr=1e-3,3e-3",
+        f"hydra.sweep.dir={sweep}",
+    )
+    summary = run("sweep_summary.py", str(sweep)).stdout
+    assert summary.count("optim.lr=") >= 2 and "dice_native" in summary, summary
+    out = tmp_path / "curves.png"
+    run("curves.py", str(sweep), "--out", str(out))
+    assert out.stat().st_size > 0
