@@ -23,7 +23,7 @@ import train
 from conftest import tiny as tiny_recipe
 from helpers import ROOT, SAMPLE
 from models import build_model
-from petseg import checks
+from petseg import run as run_module
 from petseg.checkpoint import load_checkpoint, save_checkpoint
 from petseg.paths import CONFIG_DIR
 
@@ -222,7 +222,7 @@ def test_internal_errors_are_not_turned_into_user_errors(
     def broken(_cfg: object) -> None:
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(checks, "check_train_config", broken)
+    monkeypatch.setattr(run_module, "check_train_config", broken)
     with pytest.raises(RuntimeError, match="a bug"):  # its traceback and exit code 1 stay
         run_train(tiny(), tmp_path / "run", capsys)
 
@@ -233,7 +233,7 @@ def test_ctrl_c_before_training_exits_130_without_traceback(
     def interrupted(_cfg: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(checks, "check_train_config", interrupted)
+    monkeypatch.setattr(run_module, "check_train_config", interrupted)
     code, err = run_train(tiny(), tmp_path / "run", capsys)
     assert code == 130
     assert_one_error_line(err, "interrupted")

@@ -27,6 +27,7 @@ from petseg.ema import EMA, check_decay
 from petseg.errors import PetsegError
 from petseg.loaders import build_dataloader
 from petseg.model_input import ModelInput
+from petseg.optim import constant
 from petseg.run_objects import RunObjects
 from petseg.runtime import Runtime, setup_runtime
 from petseg.settings import TrainSettings, train_settings
@@ -192,7 +193,6 @@ def trainer_for_step(
 ) -> Trainer:
     """A Trainer with only what ``Trainer.train_step`` uses (no data, a constant schedule, no
     callbacks): benchmarks time the real step on synthetic uint8 batches with it."""
-    from petseg.optim import constant
 
     built = RunObjects(
         runtime=runtime,

@@ -12,6 +12,8 @@ from omegaconf import DictConfig
 from models import check_input_size
 from petseg.errors import PetsegError
 from petseg.evaluation import PROTOCOLS
+from petseg.runtime import AMP_DTYPES
+from petseg.transforms import check_image_size
 
 
 def _positive(value: object, key: str, kind: type = float) -> None:
@@ -69,7 +71,6 @@ def check_data_settings(model_name: str, data_cfg: DictConfig, in_channels: obje
     """The data settings a run uses (train.py's config, or a checkpoint's plus data.* overrides in
     evaluate.py and inference.py): batch size, workers, channels, normalisation (null: computed from
     the train images of a folder), an image and crop size the model takes."""
-    from petseg.transforms import check_image_size
 
     _positive(data_cfg.batch_size, "data.batch_size", int)
     _non_negative_int(data_cfg.num_workers, "data.num_workers")
@@ -104,7 +105,6 @@ def check_data_settings(model_name: str, data_cfg: DictConfig, in_channels: obje
 
 
 def _validate_trainer(t: DictConfig) -> None:
-    from petseg.runtime import AMP_DTYPES
 
     _positive(t.epochs, "trainer.epochs", int)
     if isinstance(t.seed, bool) or not isinstance(t.seed, int):

@@ -19,6 +19,7 @@ import numpy as np
 from gradio.utils import get_upload_folder
 from PIL import Image
 
+from petseg.checks import check_threshold
 from petseg.demo import ModelSlot, Photo, TestImages, predict, read_photo, serving_port
 from petseg.errors import PetsegError
 from petseg.pictures import overlay
@@ -149,7 +150,6 @@ class DemoPage:
             )
 
     def _segment(self, upload: Any, name: Any, threshold: Any, tta: Any) -> Iterator[list[Any]]:
-        from petseg.checks import check_threshold
 
         threshold = check_threshold(threshold, "threshold")
         photo = self._photo(upload, name)

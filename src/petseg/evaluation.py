@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from petseg.distributed import SINGLE, DistInfo, all_gather_list, all_sum
 from petseg.errors import PetsegError
+from petseg.loaders import _pet_dataset
 from petseg.model_input import ModelInput
 from petseg.runtime import Runtime
 from utils import DiceMeter, binarize
@@ -96,7 +97,6 @@ class ReferenceTargets:
     @classmethod
     def of(cls, dataset: Any, keep: bool = True) -> ReferenceTargets:
         """Targets of an OxfordPetDataset (also inside a Subset or similar wrapper)."""
-        from petseg.loaders import _pet_dataset
 
         pet = _pet_dataset(dataset)
         if pet is None or not hasattr(pet, "load_mask"):

@@ -11,6 +11,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from petseg.errors import PetsegError
+from petseg.sampler import EpochSampler, ShardSampler
 
 
 def worker_init_fn(worker_id: int) -> None:
@@ -58,10 +59,6 @@ def build_dataloader(
     the same per-epoch permutation (equal lengths, so ranks step in lockstep); valid/test, every
     world_size-th image without padding, so summed metrics count each image exactly once.
     """
-    from petseg.sampler import (
-        EpochSampler,
-        ShardSampler,
-    )  # src/petseg/sampler.py: the trainer relies on set_epoch()
 
     batch_size, num_workers = int(data_cfg.batch_size), int(data_cfg.num_workers)
     if batch_size < 1 or num_workers < 0:

@@ -15,10 +15,11 @@ from omegaconf import DictConfig
 
 from petseg.build import build, build_trainer
 from petseg.checkpoint import remove_partial_writes
+from petseg.checks import check_train_config
 from petseg.distributed import DistInfo, broadcast_object, init_distributed, shutdown
 from petseg.errors import USAGE_ERROR, PetsegError, TrainingDiverged
 from petseg.paths import project_path
-from petseg.resume import resolve_resume, resume_trainer
+from petseg.resume import config_for_resume, resolve_resume, resume_trainer
 from petseg.run_objects import RunObjects
 from petseg.signals import StopSignals, TrainingInterrupted
 
@@ -73,8 +74,6 @@ def run_job(cfg: DictConfig, hydra_cfg: Any) -> float:
     """train.py's job in the run dir Hydra made: check the config, resume if asked, fit; the best val
     Dice (what sweepers optimise). A user mistake exits with code 2 after one line on stderr; it is
     written to the run's train.log too, or, when the run did no work yet, its empty dir is removed."""
-    from petseg.checks import check_train_config
-    from petseg.resume import config_for_resume
 
     run_dir = Path(hydra_cfg.runtime.output_dir)
     try:
