@@ -252,6 +252,7 @@ def test_evaluate_refuses_a_partial_copy_unless_told_whatever_the_checkpoint_say
     assert "1 listed images missing" in allowed.stdout
 
 
+@pytest.mark.slow
 def test_a_debug_tiny_smoke_run_writes_best_pth_only(tmp_path: Path) -> None:
     """A smoke run is not resumed: no last.pth (AdamW moments, 373 MB for the paper-width UNet), so
     its run dir holds what evaluation needs (issue 26: 560 MB for a 5-batch run once)."""
