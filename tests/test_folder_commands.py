@@ -14,6 +14,7 @@ from PIL import Image
 from helpers import DATA_DIR
 from test_e2e import run
 from test_folder_data import make_folder
+from test_user_errors import run_train
 
 EM_SAMPLE = DATA_DIR / "isbi2012-em-sample"
 
@@ -119,14 +120,15 @@ def test_a_folder_of_other_names_and_sizes_trains(tmp_path: Path):
         ),
     ],
 )
-def test_bad_folder_settings_are_one_line_and_exit_2(tmp_path: Path, args: list[str], message: str):
+def test_bad_folder_settings_are_one_line_and_exit_2(
+    tmp_path: Path, args: list[str], message: str, capsys: pytest.CaptureFixture
+):
+    """train.py's cli() in this process (the subprocess path of a user error: tests/test_user_errors.py)."""
     root = make_folder(tmp_path / "d", n=6)
     extra = [] if args == ["data=folder"] else [f"data.root={root}"]
-    done = run(
-        "train.py", *args, *extra, "trainer.epochs=1", f"hydra.run.dir={tmp_path / 'run'}", check=False
-    )
-    lines = [line for line in done.stderr.splitlines() if line.strip()]
-    assert done.returncode == 2 and len(lines) == 1 and message in lines[0], done.stderr
+    code, err = run_train([*args, *extra, "trainer.epochs=1"], tmp_path / "run", capsys)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and message in lines[0], err
 
 
 @pytest.mark.slow
