@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -30,6 +31,17 @@ def compose_train(tmp: Path, *overrides: str) -> DictConfig:
     """configs/train.yaml composed as train.py would with ``tiny(tmp, *overrides)``."""
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         return compose("train", overrides=tiny(*overrides, tmp=tmp))
+
+
+def first_batch(built: Any) -> dict:
+    """The first train batch of a built run (petseg.build's RunObjects), in epoch 0's order."""
+    built.train_loader.sampler.set_epoch(0)
+    return next(iter(built.train_loader))
+
+
+def params(model: torch.nn.Module) -> torch.Tensor:
+    """Every parameter of ``model``, flattened into one tensor (to compare weights before and after)."""
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import compose_train
+from conftest import compose_train, first_batch, params
 from petseg.build import build, build_trainer
 
 pytestmark = pytest.mark.usefixtures("torch_settings_restored")
@@ -21,15 +21,6 @@ def fp16_trainer(tmp_path: Path):  # noqa: ANN201
     built = build(cfg)
     assert built.runtime.amp_dtype == torch.float16 and built.scaler.is_enabled()
     return build_trainer(cfg, built, tmp_path / "run"), built
-
-
-def first_batch(built):  # noqa: ANN001, ANN201
-    built.train_loader.sampler.set_epoch(0)
-    return next(iter(built.train_loader))
-
-
-def params(model: torch.nn.Module) -> torch.Tensor:
-    return torch.cat([p.detach().flatten() for p in model.parameters()])
 
 
 def test_an_fp16_step_trains_with_a_scaled_loss(tmp_path: Path) -> None:

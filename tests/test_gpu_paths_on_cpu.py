@@ -14,20 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import compose_train
+from conftest import compose_train, first_batch, params
 from petseg.build import build, build_trainer
 from petseg.checkpoint import load_checkpoint, model_from_checkpoint
 
 pytestmark = pytest.mark.usefixtures("torch_settings_restored")
-
-
-def first_batch(built):  # noqa: ANN001, ANN201
-    built.train_loader.sampler.set_epoch(0)
-    return next(iter(built.train_loader))
-
-
-def params(model: torch.nn.Module) -> torch.Tensor:
-    return torch.cat([p.detach().flatten() for p in model.parameters()])
 
 
 @pytest.mark.slow

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import compose_train
+from conftest import compose_train, params
 from petseg.build import build, build_trainer
 from petseg.callbacks import Callback
 from petseg.checkpoint import load_checkpoint, model_from_checkpoint
@@ -27,10 +27,6 @@ from petseg.signals import TrainingInterrupted
 from test_resume import assert_identical
 
 pytestmark = pytest.mark.usefixtures("torch_settings_restored")
-
-
-def params(model: torch.nn.Module) -> torch.Tensor:
-    return torch.cat([p.detach().flatten() for p in model.parameters()])
 
 
 # ----------------------------------------------------------------------------------------- EMA

@@ -11,9 +11,8 @@ import pytest
 import torch
 from omegaconf import DictConfig
 
-from conftest import compose_train
+from conftest import compose_train, first_batch, params
 from petseg.build import build, build_trainer
-from petseg.run_objects import RunObjects
 from utils import binarize, dice_per_image
 
 pytestmark = pytest.mark.usefixtures("torch_settings_restored")
@@ -21,15 +20,6 @@ pytestmark = pytest.mark.usefixtures("torch_settings_restored")
 
 def tiny_cfg(tmp: Path, *extra: str) -> DictConfig:
     return compose_train(tmp, "model.base_width=4", "data.batch_size=4", "trainer.deterministic=true", *extra)
-
-
-def first_batch(built: RunObjects) -> dict:
-    built.train_loader.sampler.set_epoch(0)
-    return next(iter(built.train_loader))
-
-
-def params(model: torch.nn.Module) -> torch.Tensor:
-    return torch.cat([p.detach().flatten() for p in model.parameters()])
 
 
 def test_train_step_steps_once_and_returns_the_batch_sums(tmp_path: Path) -> None:
