@@ -13,33 +13,16 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from omegaconf import DictConfig
 from torch.utils.tensorboard import SummaryWriter
 
 from petseg.checkpoint import export_best
-from petseg.distributed import DistInfo
 from petseg.pictures import comparison_rows
-from petseg.progress import Progress
 from petseg.tb import write_epoch, write_hparams_start, write_run_end
 from petseg.thread_tuner import ThreadTuner
-
-
-class Trainer(Protocol):
-    """What callbacks read of the Trainer (petseg/trainer.py), which calls them: named here so that this
-    module, which the Trainer imports, needs no import of it."""
-
-    dist: DistInfo
-    progress: Progress
-    resumed_from: Path | None
-    choices: dict[str, str]
-    current_size: int
-    steps_per_epoch: int
-    saved_at: float
-
-    def save(self, name: str) -> Path: ...
-
+from petseg.trainer_view import TrainerView
 
 log = logging.getLogger("petseg.train")
 
@@ -47,16 +30,16 @@ log = logging.getLogger("petseg.train")
 class Callback:
     """No-op hooks; subclasses override what they need."""
 
-    def before_fit(self, trainer: Trainer) -> None:
+    def before_fit(self, trainer: TrainerView) -> None:
         pass
 
-    def after_step(self, trainer: Trainer, seconds: float) -> None:
+    def after_step(self, trainer: TrainerView, seconds: float) -> None:
         pass
 
-    def after_epoch(self, trainer: Trainer, record: dict[str, float], samples: list) -> None:
+    def after_epoch(self, trainer: TrainerView, record: dict[str, float], samples: list) -> None:
         pass
 
-    def after_fit(self, trainer: Trainer, seconds: float) -> None:
+    def after_fit(self, trainer: TrainerView, seconds: float) -> None:
         pass
 
 
@@ -67,7 +50,7 @@ class TensorBoardLog(Callback):
         self.folder, self.cfg, self.choices = Path(run_dir) / "tb", cfg, choices
         self.writer: SummaryWriter | None = None
 
-    def before_fit(self, trainer: Trainer) -> None:
+    def before_fit(self, trainer: TrainerView) -> None:
         if not trainer.dist.is_main:
             return
         # On resume, TensorBoard drops every event an earlier process logged from the next epoch on
@@ -76,12 +59,12 @@ class TensorBoardLog(Callback):
         self.writer = SummaryWriter(str(self.folder), purge_step=purge)
         write_hparams_start(self.writer, self.cfg, trainer.choices)
 
-    def after_epoch(self, trainer: Trainer, record: dict[str, float], samples: list) -> None:
+    def after_epoch(self, trainer: TrainerView, record: dict[str, float], samples: list) -> None:
         if self.writer is not None:
             overlays = comparison_rows(samples, len(samples[0][0])) if samples else None
             write_epoch(self.writer, record, overlays)
 
-    def after_fit(self, trainer: Trainer, seconds: float) -> None:
+    def after_fit(self, trainer: TrainerView, seconds: float) -> None:
         if self.writer is not None:
             progress = trainer.progress
             write_run_end(self.writer, progress.history, (progress.best_metric, progress.best_epoch), seconds)
@@ -101,7 +84,7 @@ class ThreadTuning(Callback):
         self.tuner = tuner
         self.size: int | None = None
 
-    def after_step(self, trainer: Trainer, seconds: float) -> None:
+    def after_step(self, trainer: TrainerView, seconds: float) -> None:
         if trainer.current_size != self.size:
             self.size = trainer.current_size
             self.tuner.reset()
@@ -115,7 +98,7 @@ class MidEpochSave(Callback):
     def __init__(self, every_n_steps: int, every_n_minutes: float) -> None:
         self.every_n_steps, self.every_n_minutes = every_n_steps, every_n_minutes
 
-    def after_step(self, trainer: Trainer, seconds: float) -> None:
+    def after_step(self, trainer: TrainerView, seconds: float) -> None:
         progress = trainer.progress
         if progress.step >= trainer.steps_per_epoch:
             return  # the epoch's end saves anyway
@@ -132,7 +115,7 @@ class ExportBest(Callback):
     def __init__(self, run_dir: Path, cfg: DictConfig) -> None:
         self.run_dir, self.cfg = Path(run_dir), cfg
 
-    def after_fit(self, trainer: Trainer, seconds: float) -> None:
+    def after_fit(self, trainer: TrainerView, seconds: float) -> None:
         if not trainer.dist.is_main:
             return
         progress = trainer.progress

@@ -16,8 +16,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from petseg.callbacks import Callback, Trainer
+from petseg.callbacks import Callback
 from petseg.errors import PetsegError
+from petseg.trainer_view import TrainerView
 
 
 def check_decay(value: Any) -> float | None:
@@ -56,7 +57,7 @@ class EMA(Callback):
         self.updates += 1
 
     # ------------------------------------------------------------------ callback protocol
-    def after_step(self, trainer: Trainer, seconds: float) -> None:
+    def after_step(self, trainer: TrainerView, seconds: float) -> None:
         self.update()
 
     def state_dict(self) -> dict[str, Any]:

@@ -19,32 +19,16 @@ from __future__ import annotations
 import logging
 import shlex
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from petseg.checkpoint import load_checkpoint
-from petseg.distributed import DistInfo
 from petseg.errors import PetsegError
 from petseg.hydra_args import hydra_quote, is_multirun
 from petseg.paths import python_command
-from petseg.progress import Progress
-from petseg.run_objects import RunObjects
+from petseg.trainer_view import TrainerView
 from petseg.upgrade import upgrade_config
-
-
-class Trainer(Protocol):
-    """What resume_trainer sets and reads of the Trainer (petseg/trainer.py), which imports this module."""
-
-    built: RunObjects
-    dist: DistInfo
-    progress: Progress
-    steps_per_epoch: int
-    resumed_from: Path | None
-    choices: dict[str, str]
-
-    def load_state_dict(self, state: dict[str, Any]) -> None: ...
-
 
 log = logging.getLogger("petseg.train")
 
@@ -247,7 +231,7 @@ def check_resumable(
         )
 
 
-def resume_trainer(trainer: Trainer, path: Path, cfg: DictConfig) -> None:
+def resume_trainer(trainer: TrainerView, path: Path, cfg: DictConfig) -> None:
     """Continue in ``trainer`` (built from ``cfg``) the run saved at ``path`` (a PetsegError if this
     run cannot)."""
     ckpt = load_checkpoint(path)
