@@ -3,8 +3,9 @@ runs, against a fair share of the cores.
 
 Each competitor is a long train.py run (the same recipe, its own run dir) started first and killed at
 the end. The measured train.py runs two epochs of ``--batches`` train batches; its s/batch is the time
-between the two epoch lines of its own train.log, over ``--batches``: the second epoch only, so start-up,
-the data cache and the first-epoch warm-up are out of it. Alone, the run uses every core; beside n
+between its two epochs' val/dice events in its own TensorBoard log (as time_to_dice.py and
+sweep_summary.py time epochs), over ``--batches``: the second epoch only, so start-up, the data cache
+and the first-epoch warm-up are out of it. Alone, the run uses every core; beside n
 competitors a fair share of the machine is 1/(n+1) of it, so a fair slowdown is n + 1 (2 cores, 3
 competitors: 4x). The table gives each case's slowdown against that.
 
@@ -19,15 +20,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from petseg.tb import read_events  # noqa: E402  needs src/ on sys.path first
 
 
 def train_command(args: argparse.Namespace, run_dir: Path, batches: int, epochs: int = 1) -> list[str]:
@@ -51,20 +53,14 @@ def train_command(args: argparse.Namespace, run_dir: Path, batches: int, epochs:
     ]
 
 
-EPOCH_LINE = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\]\S* - epoch (\d+)/\d+ ")
-
-
 def run(cmd: list[str]) -> None:
     subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def second_epoch_seconds(train_log: Path) -> float:
-    """Seconds between the lines that end epochs 1 and 2 in a run's train.log."""
-    ends = {}
-    for line in train_log.read_text().splitlines():
-        if match := EPOCH_LINE.match(line):
-            ends[int(match[2])] = datetime.strptime(match[1], "%Y-%m-%d %H:%M:%S,%f")
-    return (ends[2] - ends[1]).total_seconds()
+def second_epoch_seconds(run_dir: Path) -> float:
+    """Seconds between the ends of epochs 1 and 2 of a run: the wall times of its val/dice events."""
+    ends = read_events(run_dir)["val/dice"]
+    return ends[2][1] - ends[1][1]
 
 
 def seconds_per_batch(args: argparse.Namespace, tmp: Path, competitors: int) -> float:
@@ -85,7 +81,7 @@ def seconds_per_batch(args: argparse.Namespace, tmp: Path, competitors: int) -> 
         for rival in rivals:
             rival.kill()
             rival.wait()
-    return second_epoch_seconds(run_dir / "train.log") / args.batches
+    return second_epoch_seconds(run_dir) / args.batches
 
 
 def main() -> int:
