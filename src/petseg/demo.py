@@ -8,7 +8,6 @@ is a PetsegError whose message the page shows as it is.
 
 from __future__ import annotations
 
-import os
 import socket
 import threading
 import time
@@ -24,7 +23,7 @@ from petseg.checkpoint import load_checkpoint
 from petseg.errors import PetsegError
 from petseg.evaluation import REFERENCE_SIZE, reference_mask, resize_logits
 from petseg.images import read_image
-from petseg.paths import PROJECT_ROOT, shown_path
+from petseg.paths import PROJECT_ROOT, project_relative, shown_path
 from petseg.pet_layout import image_path, present_names, read_trimap, split_names, trimap_path, trimap_to_mask
 from petseg.pictures import overlay
 from petseg.predictor import Predictor
@@ -230,13 +229,6 @@ class TestImages:
         photo.truth = truth
         photo.name = f"{name} (test image)"
         return photo
-
-
-def project_relative(path: Path) -> str:
-    """``path`` as the page shows it: from the project root (``../shared/...``), never this machine's
-    absolute path, unless it lies far outside the project."""
-    relative = os.path.relpath(Path(path).resolve(), PROJECT_ROOT)
-    return str(path) if relative.startswith(os.path.join(os.pardir, os.pardir, os.pardir)) else relative
 
 
 def find_test_images(root: str | Path) -> TestImages:

@@ -34,6 +34,13 @@ def shown_path(path: str | os.PathLike[str], base: Path) -> str:
     return str(path.relative_to(base)) if path.is_relative_to(base) else str(path)
 
 
+def project_relative(path: str | os.PathLike[str]) -> str:
+    """``path`` as a page or message shows it: from the project root (``../shared/...``), not this machine's
+    absolute path, unless it lies far outside the project."""
+    relative = os.path.relpath(Path(path).resolve(), PROJECT_ROOT)
+    return str(path) if relative.startswith(os.path.join(os.pardir, os.pardir, os.pardir)) else relative
+
+
 def python_command(script: Path) -> str:
     """How to run ``script`` from the current directory, correct as written: this very interpreter (the
     project's venv, whether it is activated or not) and both paths relative when they lie below here."""
