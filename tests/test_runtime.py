@@ -26,22 +26,32 @@ def test_defaults_resolve_to_the_measured_cpu_choices() -> None:
     rt = setup_runtime(trainer_cfg())
     assert rt.device == torch.device("cpu")
     fast_bf16 = runtime.cpu_bf16_units() is not None
-    # bf16 autocast + channels_last where the CPU has AMX or AVX512-BF16, fp32 elsewhere (emulated bf16)
+    # bf16 autocast + channels_last where the CPU has AMX or AVX512-BF16, fp32 elsewhere (emulated
+    # bf16), in channels_last with AVX-512 and in the default layout with AVX2 only
     assert rt.amp_dtype is (torch.bfloat16 if fast_bf16 else None)
-    assert rt.channels_last is fast_bf16
+    assert rt.channels_last is (fast_bf16 or runtime.cpu_has_avx512())
     assert rt.compile is False  # opt-in: minutes of compile time
     assert rt.why.startswith("auto: CPU")
 
 
 @pytest.mark.parametrize(
-    ("units", "amp", "layout"),
-    [("AMX", torch.bfloat16, True), ("AVX512-BF16", torch.bfloat16, True), (None, None, False)],
+    ("units", "avx512", "amp", "layout"),
+    [
+        ("AMX", True, torch.bfloat16, True),
+        ("AVX512-BF16", True, torch.bfloat16, True),
+        (None, True, None, True),
+        (None, False, None, False),
+    ],
 )
-def test_auto_on_cpu_follows_the_bf16_units(monkeypatch: pytest.MonkeyPatch, units, amp, layout) -> None:
+def test_auto_on_cpu_follows_the_bf16_units_and_vector_width(
+    monkeypatch: pytest.MonkeyPatch, units, avx512, amp, layout
+) -> None:
     monkeypatch.setattr(runtime, "cpu_bf16_units", lambda: units)
+    monkeypatch.setattr(runtime, "cpu_has_avx512", lambda: avx512)
     rt = setup_runtime(trainer_cfg())
     assert (rt.amp_dtype, rt.channels_last) == (amp, layout)
-    assert (units or "without AMX") in rt.why and rt.describe()["amp"] == ("bf16" if amp else "fp32")
+    reason = units or ("with AVX-512" if avx512 else "AVX2 only")
+    assert reason in rt.why and rt.describe()["amp"] == ("bf16" if amp else "fp32")
     # An explicit value always wins, and the reason says so.
     rt = setup_runtime(trainer_cfg(amp="off", channels_last=not layout))
     assert (rt.amp_dtype, rt.channels_last) == (None, not layout)
@@ -85,7 +95,7 @@ def test_missing_keys_mean_the_defaults() -> None:
         setup_runtime(trainer_cfg()).amp_dtype,
         rt.channels_last,
     )
-    assert rt.channels_last is (runtime.cpu_bf16_units() is not None) and not rt.compile
+    assert rt.channels_last is setup_runtime(trainer_cfg()).channels_last and not rt.compile
 
 
 def test_cuda_request_without_cuda_is_a_user_error() -> None:

@@ -22,8 +22,9 @@ AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 # trainer.amp=auto and trainer.channels_last=auto. CUDA: bf16 autocast (where supported) and NHWC, which
 # lets cuDNN use tensor-core kernels without transposes. CPU: it depends on the CPU's bf16 units
 # (cpu_bf16_units). With AMX tiles (Intel Sapphire Rapids and later) or AVX512-BF16 (e.g. AMD Zen 4)
-# oneDNN runs bf16 NHWC convolutions much faster than fp32; without them bf16 is emulated and slower, and
-# NHWC measured slower too, so fp32 in the default layout stays (the figures: benchmarks/README.md).
+# oneDNN runs bf16 NHWC convolutions much faster than fp32; without them bf16 is emulated and slower, so
+# fp32 stays. The fp32 layout follows the vector width (cpu_has_avx512): oneDNN's NHWC fp32 kernels beat
+# the default layout with AVX-512 and do not with AVX2 only (the figures: benchmarks/README.md).
 def cpu_bf16_units() -> str | None:
     """'AMX' or 'AVX512-BF16' when this CPU has native bf16 matrix/vector units, else None."""
     cpu = getattr(torch, "cpu", None)
@@ -32,6 +33,11 @@ def cpu_bf16_units() -> str | None:
     if cpu is not None and getattr(cpu, "_is_avx512_bf16_supported", lambda: False)():
         return "AVX512-BF16"
     return None
+
+
+def cpu_has_avx512() -> bool:
+    """Whether torch's CPU kernels run with AVX-512 here (False on AVX2-only CPUs)."""
+    return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
 
 
 def _auto_amp_layout(device: torch.device) -> tuple[str, bool, str]:
@@ -44,7 +50,9 @@ def _auto_amp_layout(device: torch.device) -> tuple[str, bool, str]:
         units = cpu_bf16_units()
         if units:
             return "bf16", True, f"CPU has {units}: bf16 autocast + channels_last (~1.7-4x faster than fp32)"
-        return "off", False, "CPU without AMX or AVX512-BF16: fp32, default layout (bf16 would be emulated)"
+        if cpu_has_avx512():
+            return "off", True, "CPU with AVX-512 but without AMX or AVX512-BF16: fp32 + channels_last"
+        return "off", False, "CPU without AMX or AVX512-BF16, AVX2 only: fp32, default layout"
     return "off", False, f"{device.type}: fp32, default layout"
 
 
