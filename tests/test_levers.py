@@ -48,6 +48,14 @@ def test_ema_follows_the_weights_with_a_ramped_decay() -> None:
     assert not any(p.requires_grad for p in ema.module.parameters())
 
 
+def test_the_no_ema_score_and_overlays_come_on_report_epochs_only() -> None:
+    # first, every 5th and last of 12 epochs; overlays off (every_n_epochs 0) means no report epochs
+    settings = TrainSettings(epochs=12, batch_size=2, image_size=64, overlay_every=5, overlay_count=4)
+    assert [e + 1 for e in range(12) if settings.is_report_epoch(e)] == [1, 5, 10, 12]
+    assert [settings.overlays_at(e) for e in (0, 1, 4, 11)] == [4, 0, 4, 4]
+    assert not any(TrainSettings(epochs=3, batch_size=2, image_size=64).is_report_epoch(e) for e in range(3))
+
+
 def test_trainer_ema_key_is_checked() -> None:
     from petseg.ema import check_decay
 

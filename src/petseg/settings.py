@@ -50,12 +50,16 @@ class TrainSettings:
         sizes = [s for s, _ in self.size_schedule if s != self.image_size]
         return [*dict.fromkeys(sizes), self.image_size]
 
-    def overlays_at(self, epoch: int) -> int:
-        """How many overlays validation of ``epoch`` (0-based) writes: overlay_count every n epochs,
-        the first and the last; 0 on the others."""
+    def is_report_epoch(self, epoch: int) -> bool:
+        """Whether epoch ``epoch`` (0-based) is the first, the last or an every_n_epochs-th one (of
+        trainer.overlays): the epochs that validation also writes overlays and the no-EMA score."""
         every = self.overlay_every
-        on = every > 0 and ((epoch + 1) % every == 0 or epoch + 1 == self.epochs or epoch == 0)
-        return self.overlay_count if on else 0
+        return every > 0 and ((epoch + 1) % every == 0 or epoch + 1 == self.epochs or epoch == 0)
+
+    def overlays_at(self, epoch: int) -> int:
+        """How many overlays validation of ``epoch`` (0-based) writes: overlay_count on report epochs,
+        0 on the others."""
+        return self.overlay_count if self.is_report_epoch(epoch) else 0
 
 
 def _positive_int(value: Any, key: str) -> int:

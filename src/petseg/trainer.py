@@ -203,8 +203,10 @@ class Trainer:
             on_batch=on_batch,
             **common,
         )
-        if self.ema is not None:
-            # The trained weights too, on every epoch: what the average gains is measured, not assumed.
+        if self.ema is not None and self.settings.is_report_epoch(epoch):
+            # The trained weights too, so what the average gains is measured, not assumed; on the first,
+            # the last and every overlays.every_n_epochs-th epoch only: a second pass every epoch cost
+            # ~4 min of a 67-min CPU run.
             broadcast_buffers(self.model, self.dist)
             raw = evaluate(
                 self.model, self.built.val_loader, self.built.model_input, desc=f"{desc} (no EMA)", **common
