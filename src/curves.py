@@ -1,27 +1,29 @@
 """Per-epoch train/val Dice of runs and sweeps, read from their TensorBoard logs, in one PNG.
 
-    python src/curves.py outputs/2026-11-26/10-00-00_unet outputs/2026-11-26/10-30-00_resnet34_unet \
-        --labels UNet ResNet34-UNet --out docs/figures/curves.png
-    python src/curves.py outputs/multirun/2026-11-26/10-00-00 --out outputs/sweep_curves.png
+    python src/curves.py runs=[outputs/2026-11-26/10-00-00_unet,outputs/2026-11-26/10-30-00_resnet34_unet] \
+        labels=[UNet,ResNet34-UNet] out=docs/figures/curves.png
+    python src/curves.py runs=outputs/multirun/2026-11-26/10-00-00 out=outputs/sweep_curves.png
 
-Each argument is a run dir (it has its own tb/ or .hydra/) or a folder of runs such as a multirun
-sweep dir (numbered job dirs, each with tb/): then each job is its own pair of lines, labelled by the
-overrides that set it apart from the other jobs of that folder (Hydra's .hydra/overrides.yaml), after
-the folder's --labels entry if one is given. A run is labelled by its --labels entry, else its dir
-name. Prints one line per run (label, epochs, best val Dice), then where the PNG went.
+Each entry of ``runs`` is a run dir (it has its own tb/ or .hydra/) or a folder of runs such as a
+multirun sweep dir (numbered job dirs, each with tb/): then each job is its own pair of lines, labelled
+by the overrides that set it apart from the other jobs of that folder (Hydra's .hydra/overrides.yaml),
+after the folder's ``labels`` entry if one is given. A run is labelled by its ``labels`` entry, else its
+dir name. Prints one line per run (label, epochs, best val Dice), then where the PNG went. The keys,
+their defaults and how to write a list: configs/curves.yaml, ``python src/curves.py --help``.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from matplotlib import rcParams
 from matplotlib.figure import Figure
+from omegaconf import DictConfig, ListConfig
 
 from petseg.cli import run_command
+from petseg.command_config import as_optional_path, as_paths, load_cli_config
 from petseg.errors import PetsegError
 from petseg.paths import project_path
 from petseg.sweeps import find_runs, varying_overrides
@@ -118,19 +120,22 @@ def summary_line(one: Series) -> str:
     return f"{one.label}: {len(val)} epoch(s), best val/dice {best:.4f} (epoch {epoch})"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("runs", nargs="+", type=Path, help="run dirs (holding tb/) or sweep dirs")
-    parser.add_argument("--labels", nargs="+", help="one label per argument (default: run dir names)")
-    parser.add_argument(
-        "--out", type=Path, help="PNG to write (default: the project's outputs/curves.png, from anywhere)"
-    )
-    parser.add_argument("--title", default="Dice per epoch")
-    args = parser.parse_args(argv)
+def labels_of(value: object) -> list[str] | None:
+    """``labels=[a,b]`` (or one label without brackets) as text; null: the dir names."""
+    if value is None:
+        return None
+    items = list(value) if isinstance(value, ListConfig) else [value]
+    if any(isinstance(item, DictConfig | ListConfig) for item in items):
+        raise PetsegError(f"labels: write one text per run, e.g. labels=[UNet,R34]; got {value}")
+    return [str(item) for item in items]
 
+
+def main(argv: list[str] | None = None) -> int:
     def run() -> int:
-        series = load_series(args.runs, args.labels)
-        out = save(draw(series, args.title), args.out or project_path("outputs/curves.png"))
+        cfg = load_cli_config("curves", sys.argv[1:] if argv is None else argv)
+        series = load_series(as_paths(cfg.runs, "runs"), labels_of(cfg.labels))
+        out = as_optional_path(cfg.out, "out") or project_path("outputs/curves.png")
+        save(draw(series, "" if cfg.title is None else str(cfg.title)), out)
         print("\n".join(summary_line(one) for one in series))
         print(f"curves of {len(series)} run(s) written to {out}")
         return 0

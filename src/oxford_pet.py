@@ -5,7 +5,8 @@ decoding live in petseg/pet_layout.py, shared with this module's command; image 
 petseg/images.py, shared with the folder data set. Their names are re-exported here, the data set module
 the project layout names.
 
-Run ``python src/oxford_pet.py --root <root> [--download] [--verify]`` for a summary of a copy on disk.
+Run ``python src/oxford_pet.py root=<root> [download=true] [verify=true]`` for a summary of a copy on
+disk (its keys: configs/oxford_pet.yaml, ``--help``).
 """
 
 from __future__ import annotations
@@ -234,7 +235,7 @@ def build_dataset(data_cfg: Any, aug_cfg: Any, split: str) -> OxfordPetDataset:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python src/oxford_pet.py --root <root> [--download] [--verify]``: petseg/data_report.py."""
+    """``python src/oxford_pet.py root=<root> [download=true] [verify=true]``: petseg/data_report.py."""
     return report_main(argv)
 
 

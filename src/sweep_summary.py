@@ -1,15 +1,15 @@
 """Turn a multirun (sweep) dir into one table: overrides, best val Dice, its epoch, wall time.
 
-    python src/sweep_summary.py outputs/multirun/2026-11-26/10-00-00
+    python src/sweep_summary.py sweep_dir=outputs/multirun/2026-11-26/10-00-00 [out=<folder>]
 
 Prints the overrides every job shares, then the table sorted by Dice (best first) with each job's own
 overrides, and saves it as summary.csv and summary.md in the sweep dir. Everything is read from what
 each run left behind (Hydra's overrides.yaml and the TensorBoard events), so it also works on sweeps
-that are still running or were cut short."""
+that are still running or were cut short. The keys and their defaults: configs/sweep_summary.yaml,
+``python src/sweep_summary.py --help``."""
 
 from __future__ import annotations
 
-import argparse
 import csv
 import sys
 from dataclasses import dataclass
@@ -18,6 +18,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from petseg.cli import run_command
+from petseg.command_config import as_optional_path, as_path, load_cli_config
 from petseg.errors import PetsegError
 from petseg.sweeps import find_runs, shared_overrides, varying_overrides
 from petseg.tb import read_events
@@ -109,16 +110,13 @@ def write_csv(rows: list[RunSummary], path: Path, headline: str = "dice_256") ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("sweep_dir", type=Path, help="a multirun dir, e.g. outputs/multirun/<date>/<time>")
-    parser.add_argument("--out", type=Path, help="folder for summary.csv/.md (default: the sweep dir)")
-    args = parser.parse_args(argv)
-
     def run() -> int:
-        rows = summarise(args.sweep_dir)
-        out = args.out or args.sweep_dir
+        cfg = load_cli_config("sweep_summary", sys.argv[1:] if argv is None else argv)
+        sweep_dir = as_path(cfg.sweep_dir, "sweep_dir")
+        rows = summarise(sweep_dir)
+        out = as_optional_path(cfg.out, "out") or sweep_dir
         out.mkdir(parents=True, exist_ok=True)
-        runs = find_runs(args.sweep_dir)
+        runs = find_runs(sweep_dir)
         headline = headline_of(runs)
         markdown = to_markdown(rows, shared_overrides(runs), headline)
         (out / "summary.md").write_text(markdown)

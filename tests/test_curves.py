@@ -37,7 +37,7 @@ def test_a_sweep_dir_is_one_line_per_job_labelled_by_its_overrides(sweep: Path, 
     first, second = jobs(sweep)
     # Labelled as Hydra recorded each job (1e-3 parsed as 0.001); data.root etc. are the same for both.
     out = tmp_path / "curves.png"
-    result = run("curves.py", str(sweep), "--out", str(out))
+    result = run("curves.py", f"runs={sweep}", f"out={out}")  # one run or sweep: no brackets needed
     assert result.stdout.splitlines() == [
         best_line("optim.lr=0.001", first),
         best_line("optim.lr=0.0001", second),
@@ -68,13 +68,13 @@ def test_a_sweep_dir_is_one_line_per_job_labelled_by_its_overrides(sweep: Path, 
 def test_labels_name_sweeps_and_runs_alike(sweep: Path, tmp_path: Path):
     first, second = jobs(sweep)
     out = tmp_path / "mixed.png"
-    result = run("curves.py", str(sweep), str(first), "--labels", "lr", "first", "--out", str(out))
+    result = run("curves.py", f"runs=[{sweep},{first}]", "labels=[lr,first]", f"out={out}")
     assert result.stdout.splitlines() == [
         best_line("lr optim.lr=0.001", first),
         best_line("lr optim.lr=0.0001", second),
         best_line("first", first),  # a job dir given itself is a run
         f"curves of 3 run(s) written to {out}",
     ]
-    wrong = run("curves.py", str(sweep), str(first), "--labels", "one", "--out", str(out), check=False)
+    wrong = run("curves.py", f"runs=[{sweep},{first}]", "labels=one", f"out={out}", check=False)
     assert wrong.returncode == 2
     assert wrong.stderr.splitlines() == ["error: 2 runs but 1 labels"]

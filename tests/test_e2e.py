@@ -236,7 +236,7 @@ def test_inference_on_a_split_reports_the_same_dice_as_evaluate(trained: Path, t
 
 def test_curves_command_writes_png(trained: Path, tmp_path: Path):
     out = tmp_path / "curves.png"
-    run("curves.py", str(trained), str(trained), "--labels", "a", "b", "--out", str(out))
+    run("curves.py", f"runs=[{trained},{trained}]", "labels=[a,b]", f"out={out}")
     with Image.open(out) as image:
         assert image.width > 200 and image.height > 200
 

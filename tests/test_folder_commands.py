@@ -144,8 +144,8 @@ def test_a_sweep_on_folder_data_is_summarised_and_plotted(tmp_path: Path):
         "optim.lr=1e-3,3e-3",
         f"hydra.sweep.dir={sweep}",
     )
-    summary = run("sweep_summary.py", str(sweep)).stdout
+    summary = run("sweep_summary.py", f"sweep_dir={sweep}").stdout
     assert summary.count("optim.lr=") >= 2 and "dice_native" in summary, summary
     out = tmp_path / "curves.png"
-    run("curves.py", str(sweep), "--out", str(out))
+    run("curves.py", f"runs={sweep}", f"out={out}")
     assert out.stat().st_size > 0

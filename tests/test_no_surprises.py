@@ -148,7 +148,7 @@ def test_a_sweep_prints_its_dir_at_start_and_end(tmp_path: Path) -> None:
     )
     lines = [line for line in done.stdout.splitlines() if line.startswith("sweep dir: ")]
     assert len(lines) == 2 and lines[0] == f"sweep dir: {sweep_dir}", done.stdout
-    assert "sweep_summary.py" in lines[1] and lines[1].endswith(str(sweep_dir))
+    assert "sweep_summary.py" in lines[1] and lines[1].endswith(f" sweep_dir={sweep_dir}")
     for job in ("0_unet", "1_unet"):
         assert f"run dir: {sweep_dir / job}" in done.stdout + done.stderr
 

@@ -216,10 +216,10 @@ def test_split_empty_after_skipping(tmp_sample_root: Path) -> None:
 
 
 def test_missing_root_or_annotations_hint_download(tmp_path: Path) -> None:
-    with pytest.raises(PetsegError, match=r"does not exist.*--root .*nowhere --download"):
+    with pytest.raises(PetsegError, match=r"does not exist.* root=.*nowhere download=true"):
         OxfordPetDataset(tmp_path / "nowhere", "train")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(PetsegError, match=r"no annotations/ folder.*--download"):
+    with pytest.raises(PetsegError, match=r"no annotations/ folder.* download=true"):
         OxfordPetDataset(tmp_path / "empty", "train")
 
 
@@ -321,7 +321,7 @@ def _run_cli(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_cli_summary_on_sample(sample_root: Path) -> None:
-    result = _run_cli("--root", str(sample_root))
+    result = _run_cli(f"root={sample_root}")
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert "train        18       18        0" in out and "valid         2        2        0" in out
@@ -331,7 +331,7 @@ def test_cli_summary_on_sample(sample_root: Path) -> None:
 
 
 def test_cli_verify_lists_odd_files(sample_root: Path, capsys: pytest.CaptureFixture) -> None:
-    assert oxford_pet.main(["--root", str(sample_root), "--verify"]) == 0
+    assert oxford_pet.main([f"root={sample_root}", "verify=true"]) == 0
     out = capsys.readouterr().out
     assert "Abyssinian_34.jpg: GIF content behind .jpg" in out
     assert "Abyssinian_5.jpg: PNG content behind .jpg, RGBA" in out
@@ -344,7 +344,7 @@ def test_cli_verify_finds_broken_files(tmp_sample_root: Path, capsys: pytest.Cap
     trimap_file = oxford_pet.trimap_path(tmp_sample_root, SAMPLE_TRAIN_FIRST)
     with Image.open(trimap_file) as tri:
         tri.resize((10, 10), Image.Resampling.NEAREST).save(trimap_file)
-    assert oxford_pet.main(["--root", str(tmp_sample_root), "--verify"]) == 1
+    assert oxford_pet.main([f"root={tmp_sample_root}", "verify=true"]) == 1
     out = capsys.readouterr().out
     assert "beagle_102.jpg: unreadable image" in out
     assert f"{SAMPLE_TRAIN_FIRST}: image is" in out and "trimap is 10x10" in out
@@ -353,24 +353,24 @@ def test_cli_verify_finds_broken_files(tmp_sample_root: Path, capsys: pytest.Cap
 def test_cli_help(capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit) as e:
         oxford_pet.main(["--help"])
-    assert e.value.code == 0 and "--verify" in capsys.readouterr().out
+    assert e.value.code == 0 and "verify=false" in capsys.readouterr().out
 
 
 def test_cli_on_shared_partial_copy(shared_root: Path) -> None:
-    result = _run_cli("--root", str(shared_root))
+    result = _run_cli(f"root={shared_root}")
     assert result.returncode == 0, result.stderr
     assert "PARTIAL copy" in result.stdout and "allow_missing=true" in result.stdout
     assert "train      1428     3312" in result.stdout
 
 
 def test_cli_nonexistent_root_is_one_line_exit_2(tmp_path: Path) -> None:
-    result = _run_cli("--root", str(tmp_path / "nowhere"))
+    result = _run_cli(f"root={tmp_path / 'nowhere'}")
     assert result.returncode == 2
     assert result.stdout == "" and "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "does not exist" in lines[0] and "--download" in lines[0]
+    assert len(lines) == 1 and "does not exist" in lines[0] and "download=true" in lines[0]
 
 
 def test_cli_root_without_pairs_is_exit_2(tmp_path: Path, full_lists_root: Path, capsys) -> None:
-    assert oxford_pet.main(["--root", str(full_lists_root)]) == 2
+    assert oxford_pet.main([f"root={full_lists_root}"]) == 2
     assert "no image+trimap pair" in capsys.readouterr().err

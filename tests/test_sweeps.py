@@ -38,7 +38,7 @@ def test_optuna_search_runs_trials_and_summary_ranks_them(tmp_path: Path):
     sampled = [yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()) for job in jobs]
     assert all(any(o.startswith("optim.lr=") for o in trial) for trial in sampled)
 
-    out = run("sweep_summary.py", str(sweep))
+    out = run("sweep_summary.py", f"sweep_dir={sweep}")
     with (sweep / "summary.csv").open() as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 2
@@ -74,6 +74,6 @@ def test_submitit_local_launcher_runs_each_job(tmp_path: Path):
 
 
 def test_summary_of_a_missing_dir_is_one_line_error(tmp_path: Path):
-    result = run("sweep_summary.py", str(tmp_path / "nope"), check=False)
+    result = run("sweep_summary.py", f"sweep_dir={tmp_path / 'nope'}", check=False)
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "does not exist" in result.stderr

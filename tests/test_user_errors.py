@@ -11,20 +11,25 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+import curves
 import evaluate
 import inference
+import oxford_pet
+import sweep_summary
 import train
 from conftest import tiny as tiny_recipe
 from helpers import ROOT, SAMPLE
 from models import build_model
 from petseg import run as run_module
 from petseg.checkpoint import load_checkpoint, save_checkpoint
+from petseg.command_config import as_paths, load_cli_config
 from petseg.paths import CONFIG_DIR
 
 TEST_NAME = (SAMPLE / "annotations" / "test.txt").read_text().split()[0]  # a test image of the sample
@@ -206,7 +211,7 @@ def test_a_missing_dataset_says_how_to_download(tmp_path: Path, capsys: pytest.C
     code, err = run_train(tiny(tmp_path / "pets"), tmp_path / "run", capsys)
     assert code == 2
     assert_one_error_line(
-        err, f"dataset root {tmp_path / 'pets'} does not exist", f"--root {tmp_path / 'pets'} --download"
+        err, f"dataset root {tmp_path / 'pets'} does not exist", f"root={tmp_path / 'pets'} download=true"
     )
 
 
@@ -370,7 +375,17 @@ def test_inference_on_files_refuses_data_keys_it_would_ignore(
     assert_one_error_line(capsys.readouterr().err, "data.imag_size: data settings apply to split=...")
 
 
-@pytest.mark.parametrize("command", ["evaluate.py", "inference.py"])
+# A line of each command's --help: the key, its default, the start of the comment beside it in the YAML.
+HELP_LINES = {
+    "evaluate.py": "threshold=0.5            on sigmoid(logits)",
+    "inference.py": "threshold=0.5            on sigmoid(logits)",
+    "curves.py": "runs=???                 run dirs or sweep dirs",
+    "sweep_summary.py": "sweep_dir=???            a multirun dir",
+    "oxford_pet.py": "verify=false             decode every image and trimap",
+}
+
+
+@pytest.mark.parametrize("command", list(HELP_LINES))
 def test_help_lists_every_key_with_its_default_and_meaning(command: str) -> None:
     result = subprocess.run(
         [sys.executable, str(ROOT / "src" / command), "--help"], capture_output=True, text=True, timeout=120
@@ -380,4 +395,46 @@ def test_help_lists_every_key_with_its_default_and_meaning(command: str) -> None
     for key, value in OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / f"{name}.yaml")).items():
         default = "{}" if value == {} else "null" if value is None else str(value).lower()
         assert f"  {key}={default}".lower() in result.stdout.lower(), key
-    assert "threshold=0.5            on sigmoid(logits)" in result.stdout
+    assert HELP_LINES[command] in result.stdout
+    assert result.stdout.startswith(f"`python src/{command} "), "the usage line comes first"
+
+
+# ------------------------------------------------------- curves.py, sweep_summary.py, oxford_pet.py
+KEY_VALUE_MISTAKES = [
+    (curves, [], "missing required argument(s): runs=..."),
+    (curves, ["runs=x", "lables=[a]"], "unknown key 'lables' (lables=[a]); did you mean labels?"),
+    (curves, ["outputs/a", "--labels", "x"], "arguments must look like key=value, got: outputs/a --labels x"),
+    (curves, ["runs=10:00"], "runs: YAML read this value as a number (600), not a path; quote it"),
+    (curves, ["runs=[]"], "runs=[] names no path"),
+    (sweep_summary, [], "missing required argument(s): sweep_dir=..."),
+    (sweep_summary, ["sweepdir=x"], "unknown key 'sweepdir' (sweepdir=x); did you mean sweep_dir?"),
+    (sweep_summary, ["sweep_dir=[a,b]"], "sweep_dir: YAML read this value as a list"),
+    (oxford_pet, ["roots=x"], "unknown key 'roots' (roots=x); did you mean root?"),
+    (oxford_pet, ["--root", "x"], "arguments must look like key=value, got: --root x"),
+    (oxford_pet, ["verify=maybe"], "verify must be true or false, got maybe"),
+    (oxford_pet, [f"root={SAMPLE}", "download=1"], "download must be true or false, got 1"),
+]
+
+
+@pytest.mark.parametrize(("command", "argv", "message"), KEY_VALUE_MISTAKES)
+def test_key_value_mistakes_of_curves_sweep_summary_and_the_data_command_are_one_line_and_exit_2(
+    command: ModuleType, argv: list[str], message: str, capsys: pytest.CaptureFixture
+) -> None:
+    assert command.main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert_one_error_line(captured.err, message)
+
+
+def test_list_values_are_paths_and_labels_as_written() -> None:
+    """OmegaConf's dotlist reads ``[a,b]`` as YAML: a dated sweep dir stays one string, one run needs no
+    brackets, and a label with a comma goes in quotes."""
+    cfg = load_cli_config("curves", ["runs=[outputs/multirun/2026-11-26/10-00-00,outputs/x]"])
+    assert as_paths(cfg.runs, "runs") == [Path("outputs/multirun/2026-11-26/10-00-00"), Path("outputs/x")]
+    assert as_paths(load_cli_config("curves", ["runs=outputs/a"]).runs, "runs") == [Path("outputs/a")]
+    assert as_paths(load_cli_config("curves", ["runs=['10:00']"]).runs, "runs") == [Path("10:00")]
+    cfg = load_cli_config("curves", ["runs=[a,b]", 'labels=["UNet (w64, 96 px)",R34]', "title=Dice, 2 runs"])
+    assert curves.labels_of(cfg.labels) == ["UNet (w64, 96 px)", "R34"] and cfg.title == "Dice, 2 runs"
+    assert curves.labels_of(load_cli_config("curves", ["runs=a", "labels=UNet"]).labels) == ["UNet"]
+    cfg = load_cli_config("oxford_pet", ["download=true"])
+    assert cfg.root == "dataset/oxford-iiit-pet" and cfg.download is True and cfg.verify is False

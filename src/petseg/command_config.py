@@ -1,9 +1,12 @@
-"""The command line of the key=value commands (evaluate, inference, demo): configs/<name>.yaml, its
-``--help``, and overrides checked against its keys."""
+"""The command line of the key=value commands (evaluate, inference, demo, curves, sweep_summary and the
+data command of oxford_pet.py): configs/<name>.yaml, its ``--help``, overrides checked against its keys,
+and the typed reading of path, list and flag values."""
 
 from __future__ import annotations
 
-from omegaconf import DictConfig, OmegaConf
+from pathlib import Path
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from petseg.config_keys import dotted_keys, override_key, unknown_key_message
@@ -62,3 +65,44 @@ def load_cli_config(name: str, argv: list[str]) -> DictConfig:
     if missing:
         raise PetsegError(f"missing required argument(s): {', '.join(f'{k}=...' for k in missing)}")
     return cfg
+
+
+def _path(item: object, key: str, quoted: str) -> Path:
+    if item is None or item == "":
+        raise PetsegError(f"{key}: an empty value is not a path")
+    if not isinstance(item, str):
+        kind = type(item).__name__.removesuffix("Config").lower()  # ListConfig -> list
+        what = {"bool": "true/false", "int": "a number", "float": "a number", "dict": "a mapping"}
+        raise PetsegError(
+            f"{key}: YAML read this value as {what.get(kind, 'a ' + kind)} ({item!r}), not a path; "
+            f"quote it: {quoted}"
+        )
+    return Path(item)
+
+
+def as_paths(value: object, key: str) -> list[Path]:
+    """``key``'s value as one or more paths: a list (``key=[a,b]``, read as YAML) or one path without
+    brackets. An item YAML reads as other than text (``10:00`` is a number, ``on`` a bool, ``a: b`` a
+    mapping) is refused, not used as another path; in quotes it stays text."""
+    if not isinstance(value, ListConfig | list):
+        return [_path(value, key, f"{key}=\"'...'\"")]
+    if not value:
+        raise PetsegError(f"{key}=[] names no path")
+    return [_path(item, key, f"{key}=\"['...']\"") for item in value]
+
+
+def as_path(value: object, key: str) -> Path:
+    """One path: null, an empty value or a list is refused, as as_paths refuses an item."""
+    return _path(value, key, f"{key}=\"'...'\"")
+
+
+def as_optional_path(value: object, key: str) -> Path | None:
+    """A path key whose null means the command's default."""
+    return None if value is None else as_path(value, key)
+
+
+def as_flag(value: object, key: str) -> bool:
+    """A true/false key; anything else (``verify=maybe``, ``verify=1``) is refused, not taken as true."""
+    if not isinstance(value, bool):
+        raise PetsegError(f"{key} must be true or false, got {value}")
+    return value

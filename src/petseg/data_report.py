@@ -1,9 +1,9 @@
-"""What a dataset copy on disk holds: pairs per split, missing files, and (--verify) odd or broken
-files; the summary ``python src/oxford_pet.py --root <root>`` prints."""
+"""What a dataset copy on disk holds: pairs per split, missing files, and (verify=true) odd or broken
+files; the summary ``python src/oxford_pet.py root=<root> [download=true] [verify=true]`` prints (its keys:
+configs/oxford_pet.yaml)."""
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -12,6 +12,7 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
+from petseg.command_config import as_flag, as_path, load_cli_config
 from petseg.download import download_oxford_pet
 from petseg.errors import PetsegError
 from petseg.paths import project_path
@@ -152,30 +153,22 @@ def format_report(report: RootReport) -> str:
         lines.append(f"broken files (unreadable or image/trimap mismatch): {len(report.errors)}")
         lines.extend(f"  {e}" for e in report.errors)
     else:
-        lines.append("file contents not checked (existence only); --verify decodes every file")
+        lines.append("file contents not checked (existence only); verify=true decodes every file")
     return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """The command of src/oxford_pet.py: download (optionally) and summarise a copy on disk."""
-    parser = argparse.ArgumentParser(
-        prog="python src/oxford_pet.py",
-        description="Summarise an Oxford-IIIT Pet copy: pairs per split, missing files, odd or broken files.",
-        epilog="Exit status: 0 usable (also when partial), 1 --verify found broken files, 2 root unusable.",
-    )
-    parser.add_argument(
-        "--root", type=str, default="dataset/oxford-iiit-pet", help="dataset root (petseg/paths.py rules)"
-    )
-    parser.add_argument(
-        "--download", action="store_true", help="download the official release into --root first"
-    )
-    parser.add_argument("--verify", action="store_true", help="decode every image and trimap (slower)")
-    args = parser.parse_args(argv)
-    root = project_path(args.root)
+    """The command of src/oxford_pet.py: download (optionally) and summarise a copy on disk.
+
+    Exit status: 0 usable (also when partial), 1 verify=true found broken files, 2 root unusable or a
+    mistake on the command line (one ``error:`` line)."""
     try:
-        if args.download:
-            download_oxford_pet(root)
-        report = inspect_root(root, verify=args.verify)
+        cfg = load_cli_config("oxford_pet", list(sys.argv[1:] if argv is None else argv))
+        root = as_path(cfg.root, "root")
+        download, verify = as_flag(cfg.download, "download"), as_flag(cfg.verify, "verify")
+        if download:
+            download_oxford_pet(project_path(root))
+        report = inspect_root(project_path(root), verify=verify)
     except PetsegError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

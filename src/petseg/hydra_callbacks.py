@@ -21,4 +21,4 @@ class AnnounceSweep(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         summary = python_command(PROJECT_ROOT / "src" / "sweep_summary.py")
-        print(f"sweep dir: {sweep_dir}; compare its jobs: {summary} {sweep_dir}", flush=True)
+        print(f"sweep dir: {sweep_dir}; compare its jobs: {summary} sweep_dir={sweep_dir}", flush=True)

@@ -39,7 +39,7 @@ def trimap_path(root: Path, name: str) -> Path:
 
 
 def download_hint(root: Path) -> str:
-    return f"get the dataset with: {python_command(DATA_COMMAND)} --root {root} --download"
+    return f"get the dataset with: {python_command(DATA_COMMAND)} root={root} download=true"
 
 
 def check_root(root: Path) -> Path:
