@@ -29,6 +29,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+import torch  # noqa: E402
+
+from petseg.runtime import setup_runtime  # noqa: E402  (src/ on sys.path first)
+from petseg.thread_tuner import ThreadTuner  # noqa: E402
+from timing import default_configs, our_trainer, step_seconds, synthetic_batch  # noqa: E402
+
 ROWS = {
     "active": {"OMP_WAIT_POLICY": "ACTIVE"},
     "libgomp": {},
@@ -40,49 +46,22 @@ _OWN = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "PETSEG_BENCH_THREADS", "PETSEG_BEN
 
 
 def worker(args: argparse.Namespace) -> None:
-    import torch
-    from omegaconf import OmegaConf
-
-    from models import build_model
-    from petseg.build import build_loss, build_optimizer, trainer_for_step
-    from petseg.model_input import ModelInput
-    from petseg.runtime import setup_runtime
-
     if os.environ.get("PETSEG_BENCH_THREADS"):
         torch.set_num_threads(int(os.environ["PETSEG_BENCH_THREADS"]))
-    trainer = OmegaConf.load(ROOT / "configs" / "trainer" / "default.yaml")
-    trainer.device = "cpu"
-    rt = setup_runtime(trainer)
-    model = rt.prepare(build_model(args.model))
-    optimizer = build_optimizer(OmegaConf.load(ROOT / "configs" / "optim" / "adamw.yaml"), model, rt.device)
-    loss_fn = build_loss(OmegaConf.load(ROOT / "configs" / "loss" / "bce_dice.yaml"))
-    batch = {  # as the loader gives it: uint8 images and masks
-        "image": torch.randint(0, 256, (args.batch_size, 3, args.size, args.size), dtype=torch.uint8),
-        "mask": torch.randint(0, 2, (args.batch_size, 1, args.size, args.size), dtype=torch.uint8),
-    }
-    model_input = ModelInput.of(OmegaConf.load(ROOT / "configs" / "data" / "oxford_pet.yaml"), rt)
+    trainer_cfg = default_configs("cpu")[0]
     # The trainer's own step (forward, loss, backward, clip, optimiser step) on a synthetic batch.
-    clip = None if trainer.grad_clip is None else float(trainer.grad_clip)
-    trainer = trainer_for_step(rt, model_input, model, optimizer, loss_fn, clip)
-    model.train()
-
-    def step() -> None:
-        trainer.train_step(batch)
-
+    trainer = our_trainer(args.model, setup_runtime(trainer_cfg), trainer_cfg)
+    batch = synthetic_batch(args.batch_size, args.size)
+    trainer.model.train()
     tuner = None
     if os.environ.get("PETSEG_BENCH_TUNER"):
-        from petseg.thread_tuner import ThreadTuner
-
         tuner = ThreadTuner((torch.get_num_threads(), 1), torch.set_num_threads)
-    times = []
-    for _ in range(max(args.warmup, 12 if tuner else 0) + args.steps):
-        start = time.perf_counter()
-        step()
-        seconds = time.perf_counter() - start
-        if tuner is not None:
-            tuner.after_step(seconds)
-        times.append(seconds)
-    times = times[-args.steps :]
+    times = step_seconds(
+        lambda: trainer.train_step(batch),
+        args.steps,
+        warmup=max(args.warmup, 12 if tuner else 0),
+        after=tuner.after_step if tuner is not None else None,
+    )
     print(json.dumps({"median": statistics.median(times), "times": times}), flush=True)
 
 

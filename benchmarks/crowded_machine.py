@@ -30,31 +30,22 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from petseg.tb import read_events  # noqa: E402  needs src/ on sys.path first
+from timing import TIMED_RUN, process_seconds, train_command  # noqa: E402
 
 
-def train_command(args: argparse.Namespace, run_dir: Path, batches: int, epochs: int = 1) -> list[str]:
-    return [
-        sys.executable,
-        str(ROOT / "src" / "train.py"),
+def command(args: argparse.Namespace, run_dir: Path, batches: int, epochs: int = 1) -> list[str]:
+    return train_command(
+        args.root,
+        run_dir,
         f"model={args.model}",
-        f"data.root={args.root}",
-        "data.allow_missing=true",
         f"data.image_size={args.size}",
         f"data.batch_size={args.batch_size}",
         f"data.cache_dir={args.cache_dir}",
         f"trainer.epochs={epochs}",
         f"trainer.limit_train_batches={batches}",
-        "trainer.limit_val_batches=1",
-        "trainer.checkpoint.save_last=false",
-        "trainer.checkpoint.save_best=false",
-        "trainer.checkpoint.export_dir=null",
-        f"hydra.run.dir={run_dir}",
+        *TIMED_RUN,
         *args.overrides,
-    ]
-
-
-def run(cmd: list[str]) -> None:
-    subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    )
 
 
 def second_epoch_seconds(run_dir: Path) -> float:
@@ -66,7 +57,7 @@ def second_epoch_seconds(run_dir: Path) -> float:
 def seconds_per_batch(args: argparse.Namespace, tmp: Path, competitors: int) -> float:
     rivals = [
         subprocess.Popen(
-            train_command(args, tmp / f"rival{competitors}_{i}", 10_000, epochs=100),
+            command(args, tmp / f"rival{competitors}_{i}", 10_000, epochs=100),
             cwd=ROOT,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -76,7 +67,7 @@ def seconds_per_batch(args: argparse.Namespace, tmp: Path, competitors: int) -> 
     run_dir = tmp / f"measured{competitors}"
     try:
         time.sleep(args.settle if competitors else 0)  # past their start-up, into their steps
-        run(train_command(args, run_dir, args.batches, epochs=2))
+        process_seconds(command(args, run_dir, args.batches, epochs=2))
     finally:
         for rival in rivals:
             rival.kill()
@@ -104,7 +95,7 @@ def main() -> int:
     print("| competitors | s/batch | slowdown | fair share | vs fair share |\n|---:|---:|---:|---:|---:|")
     with tempfile.TemporaryDirectory() as tmp:
         args.cache_dir = str(Path(tmp) / "cache")
-        run(train_command(args, Path(tmp) / "warm", 1))  # builds the data cache once, untimed
+        process_seconds(command(args, Path(tmp) / "warm", 1))  # builds the data cache once, untimed
         alone = None
         for n in sorted(args.competitors):
             seconds = seconds_per_batch(args, Path(tmp), n)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
@@ -38,6 +37,7 @@ from oxford_pet import build_dataset  # noqa: E402  needs src/ on sys.path first
 from petseg.loaders import build_dataloader  # noqa: E402
 from petseg.model_input import ModelInput  # noqa: E402
 from petseg.runtime import Runtime  # noqa: E402
+from timing import add_clock_option, cpu_description, time_steps  # noqa: E402
 
 MODES = ("decode", "cache")
 
@@ -85,14 +85,15 @@ def measure(
     with ``clock="cpu"``, images per CPU-second of the main and worker processes (the work, whatever
     else the machine is busy with)."""
     stream = (model_input(batch)[0] for batch in batches(loader))
-    for _ in range(warmup):
-        next(stream)
-    images = 0
-    now = (lambda: loader_cpu_seconds(loader)) if clock == "cpu" else time.perf_counter
-    start = now()
-    for _ in range(count):
-        images += len(next(stream))
-    return images / (now() - start)
+    sizes: list[int] = []
+
+    def step() -> None:
+        sizes.append(len(next(stream)))
+
+    # The CPU clock is read after the warm-up: the persistent workers exist by then.
+    cpu_clock = (lambda: loader_cpu_seconds(loader)) if clock == "cpu" else time.process_time
+    timing = time_steps(step, count, warmup=warmup, cpu_clock=cpu_clock)
+    return sum(sizes[warmup:]) / timing.seconds(clock)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -109,12 +110,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=2, help="alternating measurements per mode")
     parser.add_argument("--cache-dir", type=Path, default=REPO / ".cache" / "petseg")
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
-    parser.add_argument(
-        "--clock",
-        choices=("wall", "cpu"),
-        default="wall",
-        help="cpu: images per CPU-second of main + worker processes (Linux; for a busy machine)",
-    )
+    add_clock_option(parser, "images per CPU-second of main + worker processes (Linux; for a busy machine)")
     args = parser.parse_args(argv)
 
     aug = OmegaConf.load(REPO / "configs" / "aug" / "default.yaml")
@@ -131,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
     model_input = ModelInput.of(cfg, Runtime(device=torch.device("cpu")))
 
     print(
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; train split of {args.root} "
+        f"{cpu_description()}; train split of {args.root} "
         f"({len(dataset)} images), {args.size}x{args.size}, batch {args.batch_size}, "
         f"{args.workers} workers, aug=default; "
         f"{args.warmup} warm-up + {args.batches} timed batches, "

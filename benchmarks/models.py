@@ -1,8 +1,9 @@
 """Compare our models with segmentation_models_pytorch's Unet(resnet34) on the CPU.
 
 For each model: parameters, forward+backward GFLOPs per image (torch.utils.flop_counter, which
-counts matmul/conv FLOPs only, 2 per multiply-add), train-step throughput (AdamW +
-BCEWithLogits, one warm-up step, then --steps timed steps) and eval throughput (no_grad), each as
+counts matmul/conv FLOPs only, 2 per multiply-add), plain train-step throughput (plain.py's
+plain_train_step: torch.optim.AdamW + BCEWithLogits, fp32; one warm-up step, then --steps timed
+steps) and eval throughput (no_grad), each as
 images per wall-clock second and as CPU seconds per image (robust to other load on the machine).
 Prints a Markdown table for the README.
 
@@ -16,58 +17,25 @@ without it pip replaces the pinned CPU torch, see that file); without it that ro
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
-from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+
 from models import build_model  # noqa: E402  (needs src/ on sys.path first)
-
-SMP = "smp_unet_resnet34"
-# Word for word requirements-bench.txt's own instruction: a plain `pip install -r` swaps the pinned
-# torch for a CUDA build (tests/test_bench_hint.py keeps the two equal).
-INSTALL_COMMAND = ".venv/bin/pip install --no-deps -r requirements-bench.txt"
-
-
-def make_smp_unet() -> nn.Module:
-    """The reference: smp.Unet with a ResNet-34 encoder, random init, one output channel."""
-    import segmentation_models_pytorch as smp
-
-    return smp.Unet(encoder_name="resnet34", encoder_weights=None, in_channels=3, classes=1)
-
+from plain import SMP, drop_unusable_smp, plain_train_step, smp_unet  # noqa: E402
+from timing import cpu_description, time_steps  # noqa: E402
 
 BUILDERS: dict[str, Callable[[], nn.Module]] = {
     "unet": lambda: build_model("unet"),
     "resnet34_unet": lambda: build_model("resnet34_unet"),
-    SMP: make_smp_unet,
+    SMP: smp_unet,
 }
-
-
-def smp_unavailable_reason() -> str | None:
-    """Why the smp reference cannot run here, or None if it can.
-
-    Catches any exception, not only ImportError: a torchvision wheel built for another torch
-    (e.g. PyPI's CUDA build beside torch +cpu) fails at import with RuntimeError.
-    """
-    try:
-        import segmentation_models_pytorch  # noqa: F401
-    except Exception as exc:  # noqa: BLE001
-        return f"{type(exc).__name__}: {exc}".splitlines()[0]
-    return None
-
-
-def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> None:
-    optimizer.zero_grad(set_to_none=True)
-    loss = nn.functional.binary_cross_entropy_with_logits(model(x), y)
-    loss.backward()
-    optimizer.step()
 
 
 def gflops_per_image(model: nn.Module, size: int) -> float:
@@ -83,19 +51,16 @@ def gflops_per_image(model: nn.Module, size: int) -> float:
 
 
 def throughput(run: Callable[[], None], batch_size: int, steps: int) -> tuple[float, float]:
-    """(images per wall-clock second, CPU seconds of this process per image).
+    """(images per wall-clock second, CPU seconds of this process per image), after one warm-up call
+    (allocator, oneDNN kernel selection, optimizer state).
 
     The CPU time is reported too because it barely changes when other processes compete for the
     cores, while wall-clock throughput then drops; on an idle machine CPU-s/image is about
     threads / (images/s).
     """
-    run()  # warm-up: allocator, oneDNN kernel selection, optimizer state
-    wall, cpu = time.perf_counter(), time.process_time()
-    for _ in range(steps):
-        run()
-    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    timing = time_steps(run, steps, warmup=1)
     images = batch_size * steps
-    return images / wall, cpu / images
+    return images / timing.wall, timing.cpu / images
 
 
 def benchmark(name: str, batch_size: int, size: int, steps: int) -> dict[str, float]:
@@ -108,7 +73,12 @@ def benchmark(name: str, batch_size: int, size: int, steps: int) -> dict[str, fl
     y = (torch.rand(batch_size, 1, size, size) > 0.5).float()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     model.train()
-    train, train_cpu = throughput(lambda: train_step(model, optimizer, x, y), batch_size, steps)
+    bce = nn.functional.binary_cross_entropy_with_logits
+
+    def train() -> None:
+        plain_train_step(model, optimizer, bce, x, y)
+
+    train_rate, train_cpu = throughput(train, batch_size, steps)
 
     model.eval()
 
@@ -120,7 +90,7 @@ def benchmark(name: str, batch_size: int, size: int, steps: int) -> dict[str, fl
     return {
         "params": params,
         "gflops": gflops,
-        "train": train,
+        "train": train_rate,
         "train_cpu": train_cpu,
         "eval": evaluate,
         "eval_cpu": eval_cpu,
@@ -135,13 +105,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--models", nargs="+", choices=list(BUILDERS), default=list(BUILDERS))
     args = parser.parse_args(argv)
 
-    names = list(args.models)
-    if SMP in names and (reason := smp_unavailable_reason()):
-        print(f"skipping {SMP}: segmentation_models_pytorch not usable ({reason}).")
-        print(f"  Install it with: {INSTALL_COMMAND} (see the comments there)")
-        names.remove(SMP)
-
-    cpu = platform.processor() or platform.machine()
+    names = drop_unusable_smp(args.models)
+    cpu = cpu_description()
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {cpu}; "
         f"batch {args.batch_size}, {args.size}x{args.size}, {args.steps} timed steps"

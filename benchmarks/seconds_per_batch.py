@@ -2,8 +2,9 @@
 with ``--short`` and ``--long`` train batches (one epoch, one validation batch), and the difference of
 the two wall times is divided by ``long - short``.
 
-Rows are the real ``src/train.py`` with overrides, or ``plain``: benchmarks/time_to_dice.py's plain
-fp32 loop (PIL decoding in 2 workers, torch.optim.AdamW, default layout) on the same network and data.
+Rows are the real ``src/train.py`` with overrides, or ``plain``: the plain fp32 loop of time_to_dice.py's
+``plain`` leg (benchmarks/plain.py: PIL decoding in 2 workers, torch.optim.AdamW, default layout) on the
+same network and data.
 
     .venv/bin/python benchmarks/seconds_per_batch.py --root ../shared/data/oxford-iiit-pet \\
         --size 128 --batch-size 16 --rows default plain "cache=false" "cache=true workers=0"
@@ -15,13 +16,12 @@ A row's name is ``default`` (train.py as it is) or space-separated short overrid
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from timing import ROOT, TIMED_RUN, cpu_description, process_seconds, train_command
+
 SHORT = {"cache": "data.cache", "workers": "data.num_workers"}
 
 
@@ -50,26 +50,17 @@ def command(args: argparse.Namespace, row: str, batches: int, run_dir: Path) -> 
             f"--limit-batches={batches}",
             f"--out={run_dir}",
         ]
-    from time_to_dice import train_command
-
     return train_command(
         args.root,
-        args.size,
-        args.batch_size,
         run_dir,
+        "model=resnet34_unet",
+        f"data.image_size={args.size}",
+        f"data.batch_size={args.batch_size}",
         "trainer.epochs=1",
         f"trainer.limit_train_batches={batches}",
-        "trainer.limit_val_batches=1",
-        "trainer.checkpoint.save_last=false",
-        "trainer.checkpoint.save_best=false",
+        *TIMED_RUN,
         *overrides(row),
     )
-
-
-def wall(cmd: list[str]) -> float:
-    start = time.perf_counter()
-    subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return time.perf_counter() - start
 
 
 def main() -> int:
@@ -82,9 +73,6 @@ def main() -> int:
     parser.add_argument("--long", type=int, default=48)
     args = parser.parse_args()
     args.root = str(Path(args.root).resolve())
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from time_to_dice import cpu_description
-
     print(
         f"{cpu_description()}; resnet34_unet {args.size} px, batch {args.batch_size}, "
         f"batches {args.short} vs {args.long}\n"
@@ -94,9 +82,10 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for row in args.rows:
             if row != "plain":  # an untimed run builds a missing data cache, so neither timed run does
-                wall(command(args, row, 1, Path(tmp) / "warm"))
+                process_seconds(command(args, row, 1, Path(tmp) / "warm"))
             times = [
-                wall(command(args, row, n, Path(tmp) / f"{i}")) for i, n in enumerate((args.short, args.long))
+                process_seconds(command(args, row, n, Path(tmp) / f"{i}"))
+                for i, n in enumerate((args.short, args.long))
             ]
             results[row] = (times[1] - times[0]) / (args.long - args.short)
             plain = results.get("plain")

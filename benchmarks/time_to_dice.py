@@ -5,18 +5,19 @@ recipes and a plain PyTorch loop written the way a user would; then the test sco
 
 Legs (``--legs``), each in its own process, one after the other, each in ``<--out>/<leg>/``:
 
-* ``experiment=<name>``: ``python src/train.py experiment=<name> data.root=<root> data.allow_missing=true
-  trainer.checkpoint.export_dir=null hydra.run.dir=<leg dir>`` plus ``--overrides`` and the leg's own
-  overrides: a leg may be quoted with train.py overrides after its name, e.g.
+* ``experiment=<name>``: ``python src/train.py data.root=<root> data.allow_missing=true
+  trainer.checkpoint.export_dir=null hydra.run.dir=<leg dir> experiment=<name>`` plus ``--overrides``
+  and the leg's own overrides: a leg may be quoted with train.py overrides after its name, e.g.
   ``"experiment=cpu_resnet34_unet trainer.amp=off trainer.channels_last=false"``. The recipes are
   configs/experiment/*.yaml (``cpu_resnet34_unet``, ``cpu_unet``, ...). Its val Dice per epoch is read
   from the run's TensorBoard log (tag ``val/dice``), with the event's wall time.
-* ``plain``: this file's ``plain_loop`` on resnet34_unet with the ``cpu_resnet34_unet`` recipe's size,
-  batch, lr, weight decay, warm-up and epochs: fp32, default memory format, ``torch.optim.AdamW``, a
-  Dataset that decodes with PIL and applies the same albumentations pipeline in 2 DataLoader workers,
-  shuffled by a seeded generator; the same network, loss (BCE + Dice), grad clipping (1.0), warm-up +
-  cosine schedule per step and seed. It is scored every epoch with the project's ``evaluate()`` in fp32
-  (the same protocol) and saves ``best.pth`` in the checkpoint format evaluate.py reads.
+* ``plain``: benchmarks/plain.py's ``plain_loop`` (in a process of this file with ``--_plain``) on
+  resnet34_unet with the ``cpu_resnet34_unet`` recipe's size, batch, lr, weight decay, warm-up and
+  epochs: fp32, default memory format, ``torch.optim.AdamW``, a Dataset (``plain.PlainPetFiles``) that
+  decodes with PIL and applies the same albumentations pipeline in 2 DataLoader workers, shuffled by a
+  seeded generator; the same network, loss (BCE + Dice), grad clipping (1.0), warm-up + cosine schedule
+  per step and seed. It is scored every epoch with the project's ``evaluate()`` in fp32 (the same
+  protocol) and saves ``best.pth`` in the checkpoint format evaluate.py reads.
 
 ``--epochs``, ``--size``, ``--batch-size``, ``--lr``, ``--seed`` and ``--limit-batches`` (train and
 validation batches per epoch: smoke runs) apply to every leg when given; otherwise each recipe keeps its
@@ -35,9 +36,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import os
-import platform
 import re
 import shutil
 import subprocess
@@ -50,60 +48,16 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+import torch  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+
+from petseg.checkpoint import load_checkpoint  # noqa: E402  (src/ on sys.path first)
+from petseg.tb import read_events  # noqa: E402
+from plain import PLAIN_RECIPE, plain_loop, plain_settings  # noqa: E402
+from timing import cpu_description, train_command  # noqa: E402
+
 PLAIN = "plain"
-PLAIN_RECIPE = "cpu_resnet34_unet"  # the plain loop: resnet34_unet with the 50-epoch recipe's settings
-PLAIN_WORKERS = 2
 DEFAULT_TARGETS = (0.85, 0.88, 0.90)
-
-
-def _cpu_flags() -> set[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-def _cpu_model() -> str:
-    """lscpu's model name (else /proc/cpuinfo's, else platform.processor())."""
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
-
-
-def cpu_description() -> str:
-    """'<lscpu model name>, <AMX | AVX512-BF16, no AMX | AVX-512 without BF16 | AVX2-only>, N cores':
-    which CPU a table came from, and whether it has the bf16 units trainer.amp=auto uses."""
-    import torch
-
-    amx = torch.cpu._is_amx_tile_supported()
-    bf16 = torch.cpu._is_avx512_bf16_supported()
-    flags = _cpu_flags()
-    capability = torch.backends.cpu.get_cpu_capability()  # "AVX512", "AVX2", "DEFAULT", ...
-    if amx:
-        units = "AMX" + (" + AVX512-BF16" if bf16 else "")
-    elif bf16:
-        units = "AVX512-BF16, no AMX"
-    elif "avx512f" in flags or capability.startswith("AVX512"):
-        units = "AVX-512 without BF16, no AMX"
-    elif "avx2" in flags or capability == "AVX2":
-        units = "AVX2-only (no AVX-512, no AMX)"
-    else:
-        units = "no AVX2"
-    return f"{_cpu_model()}, {units}, {os.cpu_count()} cores"
 
 
 # ------------------------------------------------------------------------------------------ the legs
@@ -147,37 +101,6 @@ def parse_legs(specs: list[str]) -> list[Leg]:
     return legs
 
 
-def train_command(root: str, size: int, batch_size: int, run_dir: Path, *overrides: str) -> list[str]:
-    """``python src/train.py`` on resnet34_unet at ``size`` px on ``root``, not exporting anything
-    (benchmarks/seconds_per_batch.py's rows)."""
-    return [
-        sys.executable,
-        str(ROOT / "src" / "train.py"),
-        "model=resnet34_unet",
-        f"data.root={root}",
-        "data.allow_missing=true",
-        f"data.image_size={size}",
-        f"data.batch_size={batch_size}",
-        "trainer.checkpoint.export_dir=null",
-        f"hydra.run.dir={run_dir}",
-        *overrides,
-    ]
-
-
-def experiment_command(root: str, experiment: str, run_dir: Path, *overrides: str) -> list[str]:
-    """``python src/train.py experiment=<experiment>`` on ``root`` in ``run_dir``, not exporting anything."""
-    return [
-        sys.executable,
-        str(ROOT / "src" / "train.py"),
-        f"experiment={experiment}",
-        f"data.root={root}",
-        "data.allow_missing=true",
-        "trainer.checkpoint.export_dir=null",
-        f"hydra.run.dir={run_dir}",
-        *overrides,
-    ]
-
-
 def common_overrides(args: argparse.Namespace) -> list[str]:
     """The train.py overrides every experiment leg gets from the command line's shared options."""
     out = []
@@ -194,23 +117,6 @@ def common_overrides(args: argparse.Namespace) -> list[str]:
         if value is not None:
             out.append(f"{key}={value}")
     return [*out, *args.overrides]
-
-
-def plain_settings(args: argparse.Namespace) -> dict[str, Any]:
-    """The plain loop's settings: the PLAIN_RECIPE's, with the shared options that were given."""
-    from omegaconf import OmegaConf
-
-    recipe = OmegaConf.load(ROOT / "configs" / "experiment" / f"{PLAIN_RECIPE}.yaml")
-    return {
-        "model": "resnet34_unet",
-        "size": args.size or int(recipe.data.image_size),
-        "batch_size": args.batch_size or int(recipe.data.batch_size),
-        "lr": args.lr or float(recipe.optim.lr),
-        "weight_decay": float(recipe.optim.weight_decay),
-        "warmup_epochs": int(recipe.sched.warmup_epochs),
-        "epochs": args.epochs or int(recipe.trainer.epochs),
-        "seed": 42 if args.seed is None else args.seed,
-    }
 
 
 def plain_command(args: argparse.Namespace, leg_dir: Path) -> list[str]:
@@ -234,16 +140,8 @@ def plain_command(args: argparse.Namespace, leg_dir: Path) -> list[str]:
 
 def val_dice_timeline(run_dir: Path) -> list[dict[str, float]]:
     """[{epoch, wall, val_dice}] from the run's TensorBoard events (wall: the event's time.time())."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    points: dict[int, tuple[float, float]] = {}
-    for file in sorted(run_dir.rglob("events.out.tfevents.*")):
-        acc = EventAccumulator(str(file), size_guidance={"scalars": 0})
-        acc.Reload()
-        if "val/dice" in acc.Tags().get("scalars", []):
-            for event in acc.Scalars("val/dice"):
-                points[event.step] = (event.wall_time, event.value)
-    return [{"epoch": e, "wall": w, "val_dice": v} for e, (w, v) in sorted(points.items())]
+    points = read_events(run_dir).get("val/dice", {})
+    return [{"epoch": e, "wall": w, "val_dice": v} for e, (v, w) in sorted(points.items())]
 
 
 def _safe_timeline(run_dir: Path) -> list[dict[str, float]]:
@@ -310,7 +208,9 @@ def run_leg(args: argparse.Namespace, leg: Leg) -> LegResult:
     if leg.experiment is None:
         cmd = plain_command(args, leg_dir)
     else:
-        cmd = experiment_command(args.root, leg.experiment, leg_dir, *common_overrides(args), *leg.overrides)
+        cmd = train_command(
+            args.root, leg_dir, f"experiment={leg.experiment}", *common_overrides(args), *leg.overrides
+        )
     result = LegResult(leg, leg_dir)
     log_path = args.out / f"{leg.slug}.log"
     stop_early = leg.spec not in args.full and leg.slug not in args.full and not args.full_all
@@ -357,8 +257,6 @@ def describe_recipe(leg: Leg, leg_dir: Path, args: argparse.Namespace) -> str:
         s = plain_settings(args)
         return f"{s['model']}, {s['size']} px, batch {s['batch_size']}, {_epochs(s['epochs'])}, fp32"
     try:
-        from omegaconf import OmegaConf
-
         cfg = OmegaConf.load(leg_dir / ".hydra" / "config.yaml")
         text = (
             f"{cfg.model.name}, {cfg.data.image_size} px, batch {cfg.data.batch_size}, "
@@ -369,8 +267,6 @@ def describe_recipe(leg: Leg, leg_dir: Path, args: argparse.Namespace) -> str:
     best = leg_dir / "best.pth"
     if best.is_file():
         try:
-            from petseg.checkpoint import load_checkpoint
-
             runtime = load_checkpoint(best, mmap=True).get("runtime") or {}
             text += f", {runtime.get('amp', '?')}" + (
                 " + channels_last" if runtime.get("channels_last") else ""
@@ -411,167 +307,12 @@ def score_on_test(args: argparse.Namespace, result: LegResult, log_path: Path) -
     result.test = json.loads(output.read_text())
 
 
-# ------------------------------------------------------------------------------------ the plain loop
-class _AsIs:
-    """evaluate()'s model input for the plain loop's batches, which its Dataset already normalised."""
-
-    def __init__(self, runtime: Any) -> None:
-        self.runtime = runtime
-
-    def __call__(self, batch: dict[str, Any]) -> tuple[Any, Any]:
-        return batch["image"], batch["mask"]
-
-
-def plain_loop(args: argparse.Namespace) -> None:
-    """The loop a user would write: fp32, default layout, torch.optim.AdamW, PIL decoding in workers.
-
-    ``--limit-batches N``: N training steps, then return without evaluating (seconds_per_batch.py).
-    """
-    import albumentations as A
-    import numpy as np
-    import torch
-    from omegaconf import OmegaConf
-    from PIL import Image
-    from torch.utils.data import DataLoader, Dataset
-
-    from models import build_model
-    from oxford_pet import present_names, split_names
-    from petseg.build import build_loss
-    from petseg.checkpoint import save_checkpoint
-    from petseg.evaluation import ReferenceTargets, evaluate
-    from petseg.runtime import Runtime
-    from petseg.transforms import build_transform
-
-    s = plain_settings(args)
-    torch.manual_seed(s["seed"])
-    np.random.seed(s["seed"])
-    root = Path(args.root)
-    present = present_names(root)
-    data_cfg = OmegaConf.load(ROOT / "configs" / "data" / "oxford_pet.yaml")
-    mean = np.array(list(data_cfg.mean), dtype=np.float32)
-    std = np.array(list(data_cfg.std), dtype=np.float32)
-    aug = OmegaConf.load(ROOT / "configs" / "aug" / "default.yaml")
-    model_cfg = OmegaConf.to_container(
-        OmegaConf.load(ROOT / "configs" / "model" / f"{s['model']}.yaml"), resolve=True
-    )
-    assert isinstance(model_cfg, dict)
-
-    def load_mask(name: str) -> np.ndarray:
-        trimap = np.array(Image.open(root / "annotations" / "trimaps" / f"{name}.png"))
-        return ((trimap == 1) | (trimap == 3)).astype(np.uint8)
-
-    class PetFiles(Dataset):
-        def __init__(self, split: str, transform: A.Compose) -> None:
-            self.names = [n for n in split_names(root, split) if n in present]
-            self.transform = transform
-
-        def __len__(self) -> int:
-            return len(self.names)
-
-        def __getitem__(self, i: int) -> dict[str, Any]:
-            name = self.names[i]
-            image = np.array(Image.open(root / "images" / f"{name}.jpg").convert("RGB"))
-            out = self.transform(image=image, mask=load_mask(name))
-            x = (out["image"].astype(np.float32) / 255 - mean) / std
-            return {
-                "image": torch.from_numpy(x.transpose(2, 0, 1).copy()),
-                "mask": torch.from_numpy(out["mask"][None].astype(np.float32)),
-                "name": name,
-            }
-
-    size, batch_size = s["size"], s["batch_size"]
-    train = PetFiles("train", build_transform(aug, size, train=True))
-    valid = PetFiles("valid", build_transform(aug, size, train=False))
-    generator = torch.Generator().manual_seed(s["seed"])
-    train_loader = DataLoader(
-        train,
-        batch_size=batch_size,
-        shuffle=True,
-        drop_last=True,
-        num_workers=PLAIN_WORKERS,
-        generator=generator,
-    )
-    valid_loader = DataLoader(valid, batch_size=batch_size, num_workers=PLAIN_WORKERS)
-    model = build_model(model_cfg["name"], **{k: v for k, v in model_cfg.items() if k != "name"})
-    optimizer = torch.optim.AdamW(model.parameters(), lr=s["lr"], weight_decay=s["weight_decay"])
-    per_epoch = len(train_loader)
-    if args.epoch_batches is not None:
-        per_epoch = min(per_epoch, args.epoch_batches)
-    steps = per_epoch * s["epochs"]
-    warmup = per_epoch * s["warmup_epochs"]  # configs/sched/cosine.yaml: warm-up, cosine to 1 % of lr
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / max(1, steps - warmup))
-        return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-    loss_fn = build_loss(OmegaConf.load(ROOT / "configs" / "loss" / "bce_dice.yaml"))
-    cpu = Runtime(torch.device("cpu"))
-    targets = ReferenceTargets(load_mask)
-    out = args.out / "plain_timeline.jsonl"
-    best = -1.0
-    for epoch in range(s["epochs"]):
-        model.train()
-        for index, batch in enumerate(train_loader):
-            if args.limit_batches is not None and index >= args.limit_batches:
-                return  # benchmarks/seconds_per_batch.py: training steps only
-            if index >= per_epoch:
-                break
-            optimizer.zero_grad()
-            loss = loss_fn(model(batch["image"]), batch["mask"])
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
-        metrics = evaluate(
-            model,
-            valid_loader,
-            _AsIs(cpu),
-            progress=False,
-            targets=targets,
-            limit_batches=args.epoch_batches,
-        )
-        dice = float(metrics["dice"])
-        if args.checkpoint and dice > best:  # before the timeline line: a stopped leg has its best.pth
-            best = dice
-            config = {
-                "model": model_cfg,
-                "data": OmegaConf.to_container(data_cfg)
-                | {
-                    "root": str(root),
-                    "image_size": size,
-                    "batch_size": batch_size,
-                    "allow_missing": True,
-                    "cache": False,
-                    "num_workers": PLAIN_WORKERS,
-                },
-                "aug": OmegaConf.to_container(aug),
-                "trainer": {"amp": "off", "channels_last": False, "seed": s["seed"], "epochs": s["epochs"]},
-            }
-            save_checkpoint(
-                args.out / "best.pth",
-                {
-                    "model": model.state_dict(),
-                    "config": config,
-                    "epoch": epoch + 1,
-                    "best": {"metric": dice, "epoch": epoch + 1},
-                    "runtime": cpu.describe(),
-                },
-            )
-        with out.open("a") as f:
-            f.write(json.dumps({"epoch": epoch + 1, "wall": time.time(), "val_dice": dice}) + "\n")
-
-
 # -------------------------------------------------------------------------------------------- report
 def first_reach(timeline: list[dict[str, float]], target: float) -> dict[str, float] | None:
     return next((p for p in timeline if p["val_dice"] >= target), None)
 
 
 def report(args: argparse.Namespace, results: list[LegResult]) -> str:
-    import torch
-
     lines = [
         f"**{cpu_description()}**; torch {torch.__version__}; data {args.root}; minutes from each "
         "training process's start to the first epoch whose val `dice_256` reaches the target; test "

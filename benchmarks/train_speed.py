@@ -53,80 +53,44 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from models import build_model  # noqa: E402
-from petseg.build import build_loss, build_optimizer, trainer_for_step  # noqa: E402  (src/ on sys.path first)
+from petseg.build import build_loss  # noqa: E402  (src/ on sys.path first)
 from petseg.model_input import ModelInput  # noqa: E402
 from petseg.optim import FUSED_ADAMW_DEVICES  # noqa: E402
 from petseg.runtime import Runtime, setup_runtime  # noqa: E402
 from petseg.trainer import Trainer  # noqa: E402
+from plain import SMP, drop_unusable_smp, plain_train_step, smp_unet  # noqa: E402
+from timing import (  # noqa: E402
+    add_clock_option,
+    cpu_description,
+    data_defaults,
+    default_configs,
+    device_sync,
+    our_trainer,
+    synthetic_batch,
+    time_steps,
+)
 from utils import resolve_device  # noqa: E402
 
 OURS = ("unet", "resnet34_unet")
-SMP = "smp_unet_resnet34"
 SMP_RUNTIME = "smp_runtime"
 TRAIN_SPLIT = 3312  # images in the full train split (3680 trainval lines minus every 10th)
 CPU_VARIANTS = ("default",)
 CUDA_VARIANTS = ("default", "fp32", "bf16", "bf16+cl", "bf16+cl+compile")
-
-
-# ------------------------------------------------------------------------------------ reference
-def import_smp():  # -> module; untyped: smp is optional
-    """segmentation_models_pytorch, importable beside a torchvision whose C extension cannot load.
-
-    PyPI's torchvision is built against CUDA torch; beside torch +cpu its _C library fails to load and
-    ``import torchvision`` then dies registering fake kernels for torchvision::nms/qnms, ops that were
-    never defined (requirements-bench.txt). Declaring those two schemas first lets the pure-Python
-    parts import; smp's ResNet encoder uses none of torchvision's ops, so the reference is unchanged.
-    Nothing is done when torchvision loads normally.
-    """
-    import importlib.util
-
-    spec = importlib.util.find_spec("torchvision")
-    if spec is not None and spec.submodule_search_locations:
-        loads = False
-        for folder in spec.submodule_search_locations:
-            for lib in Path(folder).glob("_C*.so"):
-                try:
-                    torch.ops.load_library(str(lib))
-                    loads = True
-                except (OSError, RuntimeError):
-                    pass
-        if not loads and not hasattr(torch.ops.torchvision, "nms"):
-            _SHIM.append(torch.library.Library("torchvision", "DEF"))  # kept alive: ops live with it
-            for op in ("nms", "qnms"):
-                _SHIM[-1].define(f"{op}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-    import segmentation_models_pytorch
-
-    return segmentation_models_pytorch
-
-
-_SHIM: list[torch.library.Library] = []
-
-
-def smp_unavailable_reason() -> str | None:
-    try:
-        import_smp()
-    except Exception as exc:  # noqa: BLE001  (a broken torchvision raises RuntimeError, not ImportError)
-        return f"{type(exc).__name__}: {exc}".splitlines()[0]
-    return None
 
 
 # ----------------------------------------------------------------------------------------- rows
@@ -162,14 +126,6 @@ class RowResult:
     train: list[float] = field(default_factory=list)
     eval: list[float] = field(default_factory=list)
     memory_mb: float | None = None
-
-
-def default_configs(device: str) -> tuple[DictConfig, DictConfig, DictConfig]:
-    trainer = OmegaConf.load(REPO / "configs" / "trainer" / "default.yaml")
-    trainer.device = device
-    optim = OmegaConf.load(REPO / "configs" / "optim" / "adamw.yaml")
-    loss = OmegaConf.load(REPO / "configs" / "loss" / "bce_dice.yaml")
-    return trainer, optim, loss
 
 
 def parse_variant(variant: str) -> tuple[torch.dtype | None, bool, bool] | None:
@@ -219,86 +175,49 @@ def row_specs(args: argparse.Namespace) -> list[RowSpec]:
 def build_row(spec: RowSpec, args: argparse.Namespace) -> Row:
     """Build ``spec`` in this (worker) process. Only our rows and smp_runtime call setup_runtime."""
     trainer_cfg, optim_cfg, _ = default_configs(args.device)
-    lr, weight_decay = float(optim_cfg.lr), float(optim_cfg.weight_decay)
-    clip: float | None = None
     if spec.variant == "plain":
         runtime = Runtime(device=resolve_device(args.device))  # torch's defaults, malloc untouched
     else:
         runtime = variant_runtime("default" if spec.model_name == SMP else spec.variant, trainer_cfg)
     torch.manual_seed(0)
-    if spec.model_name == SMP:
-        smp = import_smp()
-        model = smp.Unet(encoder_name="resnet34", encoder_weights=None, in_channels=3, classes=1)
-    else:
-        model = build_model(spec.model_name)
-        clip = float(trainer_cfg.grad_clip) if trainer_cfg.grad_clip is not None else None
-    model = runtime.prepare(model)
-    if spec.model_name != SMP:
-        optimizer = build_optimizer(optim_cfg, model, runtime.device)
-    elif spec.variant == "plain":
+    if spec.model_name != SMP:  # our rows time the trainer's own step
+        trainer = our_trainer(spec.model_name, runtime, trainer_cfg)
+        model = trainer.model
+        model_input, clip = trainer.built.model_input, trainer.settings.grad_clip
+        return Row(
+            spec, runtime, model_input, clip, model, runtime.compile_model(model), trainer.optimizer, trainer
+        )
+    model = runtime.prepare(smp_unet())
+    lr, weight_decay = float(optim_cfg.lr), float(optim_cfg.weight_decay)
+    if spec.variant == "plain":
         # Same lr/weight decay, torch's AdamW otherwise as it comes (foreach on CUDA, no fusing).
         optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     else:
         fused = runtime.device.type in FUSED_ADAMW_DEVICES
         optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, fused=fused)
-    model_input = ModelInput.of(OmegaConf.load(REPO / "configs" / "data" / "oxford_pet.yaml"), runtime)
-    trainer = None
-    if spec.model_name != SMP:  # our rows time the trainer's own step
-        loss = build_loss(default_configs(args.device)[2])
-        trainer = trainer_for_step(runtime, model_input, model, optimizer, loss, clip)
-    return Row(spec, runtime, model_input, clip, model, runtime.compile_model(model), optimizer, trainer)
+    model_input = ModelInput.of(data_defaults(), runtime)
+    return Row(spec, runtime, model_input, None, model, runtime.compile_model(model), optimizer)
 
 
-def batch(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor]:
-    """A synthetic batch as the loader gives one: uint8 images and {0, 1} masks in host memory (every
-    step moves and normalises it, like training's)."""
-    g = torch.Generator().manual_seed(0)
-    x = torch.randint(0, 256, (args.batch_size, 3, args.size, args.size), generator=g, dtype=torch.uint8)
-    y = torch.randint(0, 2, (args.batch_size, 1, args.size, args.size), generator=g, dtype=torch.uint8)
-    return x, y
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def train_step(row: Row, loss_fn: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
+def train_step(row: Row, loss_fn: nn.Module, batch: dict[str, torch.Tensor]) -> None:
     """Our rows: Trainer.train_step itself (src/petseg/trainer.py), on a synthetic batch. The
-    segmentation_models_pytorch rows: the plain step a user would write."""
+    segmentation_models_pytorch rows: the plain step a user would write (plain.plain_train_step)."""
     if row.trainer is not None:
         row.model.train()
-        row.trainer.train_step({"image": x, "mask": y})
+        row.trainer.train_step(batch)
         return
     row.step_model.train()
-    images, masks = row.model_input({"image": x, "mask": y})
-    row.optimizer.zero_grad(set_to_none=True)
-    with row.runtime.autocast():
-        logits = row.step_model(images)
-    loss = loss_fn(logits.float(), masks)
-    loss.backward()
-    if row.clip is not None:
-        torch.nn.utils.clip_grad_norm_(row.model.parameters(), row.clip)
-    row.optimizer.step()
+    images, masks = row.model_input(batch)
+    plain_train_step(
+        row.step_model, row.optimizer, loss_fn, images, masks, clip=row.clip, autocast=row.runtime.autocast()
+    )
 
 
-def eval_step(row: Row, x: torch.Tensor) -> None:
+def eval_step(row: Row, batch: dict[str, torch.Tensor]) -> None:
     """evaluate()'s forward: eval mode, no grad, autocast, same memory format."""
     row.step_model.eval()
     with torch.no_grad(), row.runtime.autocast():
-        row.step_model(row.model_input.images(x)).float()
-
-
-def timed(fn: Callable[[], None], steps: int, device: torch.device, clock: str = "wall") -> float:
-    """Seconds for ``steps`` calls: wall time, or with ``clock="cpu"`` this process's CPU time (a
-    busy-machine estimate of the work, meaningful with --threads 1: waiting for a core is not counted)."""
-    now = time.process_time if clock == "cpu" else time.perf_counter
-    sync(device)
-    start = now()
-    for _ in range(steps):
-        fn()
-    sync(device)
-    return now() - start
+        row.step_model(row.model_input.images(batch["image"])).float()
 
 
 # --------------------------------------------------------------------------------------- memory
@@ -333,15 +252,23 @@ def run_worker(args: argparse.Namespace, index: int) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     loss_fn = build_loss(default_configs(args.device)[2])
-    x, y = batch(args)
+    batch = synthetic_batch(args.batch_size, args.size)
     rss_before = current_rss_kb()
     row = build_row(spec, args)
     rt = row.runtime
-    first = timed(lambda: train_step(row, loss_fn, x, y), 1, device)
+    sync = device_sync(device)
+
+    def train() -> None:
+        train_step(row, loss_fn, batch)
+
+    def evaluate() -> None:
+        eval_step(row, batch)
+
+    first = time_steps(train, 1, sync=sync).wall
     warmup = args.warmup + (2 if rt.compile else 0)
-    timed(lambda: train_step(row, loss_fn, x, y), max(warmup - 1, 0), device)
+    time_steps(train, 0, warmup=max(warmup - 1, 0), sync=sync)  # the rest of the row's warm-up
     if args.eval:
-        timed(lambda: eval_step(row, x), warmup, device)
+        time_steps(evaluate, 0, warmup=warmup, sync=sync)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     amp = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[rt.amp_dtype]
@@ -362,14 +289,10 @@ def run_worker(args: argparse.Namespace, index: int) -> None:
     for line in sys.stdin:
         command, *rest = line.split()
         if command in ("train", "eval"):
-            step = (
-                (lambda: train_step(row, loss_fn, x, y))
-                if command == "train"
-                else (lambda: eval_step(row, x))
-            )
             steps, untimed = int(rest[0]), int(rest[1]) if len(rest) > 1 else 0
-            timed(step, untimed, device)  # the turn's re-warm-up: see --turn-warmup
-            _answer({"seconds": timed(step, steps, device, args.clock)})
+            # untimed: the turn's re-warm-up, see --turn-warmup
+            timing = time_steps(train if command == "train" else evaluate, steps, warmup=untimed, sync=sync)
+            _answer({"seconds": timing.seconds(args.clock)})
         elif command == "memory":
             if device.type == "cuda":
                 mb = torch.cuda.max_memory_allocated(device) / 2**20
@@ -556,11 +479,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-eval", dest="eval", action="store_false", help="train steps only")
     parser.add_argument("--no-memory", dest="memory", action="store_false", help="skip the memory column")
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
-    parser.add_argument(
-        "--clock",
-        choices=("wall", "cpu"),
-        default="wall",
-        help="cpu: rate per CPU-second of the row's process (CPU only; for a busy machine, with --threads 1)",
+    add_clock_option(
+        parser, "rate per CPU-second of the row's process (CPU only; for a busy machine, with --threads 1)"
     )
     parser.add_argument("--_worker", dest="worker", type=int, help=argparse.SUPPRESS)
     raw_argv = list(sys.argv[1:] if argv is None else argv)
@@ -581,11 +501,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.worker is not None:
         run_worker(args, args.worker)
         return
-    wants_smp = [m for m in args.models if m in (SMP, SMP_RUNTIME)]
-    if wants_smp and (reason := smp_unavailable_reason()):
-        print(f"skipping {', '.join(wants_smp)}: segmentation_models_pytorch not usable ({reason}).")
-        print("  Install it with: .venv/bin/pip install --no-deps -r requirements-bench.txt")
-        args.models = [m for m in args.models if m not in (SMP, SMP_RUNTIME)]
+    args.models = drop_unusable_smp(args.models, (SMP, SMP_RUNTIME))
     if not row_specs(args):
         parser.error("no rows to run")
     # Workers get the resolved settings, so every row runs exactly what the parent announces.
@@ -596,11 +512,7 @@ def main(argv: list[str] | None = None) -> None:
         *(("--threads", str(args.threads)) if args.threads else ()),
         *(() if args.eval else ("--no-eval",)),
     ]
-    what = (
-        torch.cuda.get_device_name(device)
-        if cuda
-        else f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
-    )
+    what = torch.cuda.get_device_name(device) if cuda else cpu_description()
     print(
         f"{what}; torch {torch.__version__}; batch {args.batch_size}, {args.size}x{args.size}; "
         f"{args.warmup} warm-up steps, {args.repeats} rounds x {args.steps} timed steps "

@@ -10,8 +10,9 @@ import sys
 from helpers import ROOT
 
 # Hides the reference package whether or not it is installed: its import then fails like a missing one.
+# benchmarks/ first on sys.path, as python puts a script's folder (models.py imports plain.py from it).
 WITHOUT_SMP = (
-    "import runpy, sys; sys.modules['segmentation_models_pytorch'] = None; "
+    "import runpy, sys; sys.modules['segmentation_models_pytorch'] = None; sys.path.insert(0, 'benchmarks'); "
     "sys.argv = ['benchmarks/models.py', *sys.argv[1:]]; runpy.run_path(sys.argv[0], run_name='__main__')"
 )
 

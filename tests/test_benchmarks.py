@@ -4,25 +4,36 @@ with numbers, a file written). The numbers themselves mean nothing at this size;
 
 segmentation_models_pytorch is optional: the smp rows run under a stand-in package that fails to
 import, so the scripts' "skipping smp" path is what is tested, whether or not smp is installed.
-Everything a run writes goes under pytest's tmp_path.
+Everything a run writes goes under pytest's tmp_path. The shared modules (plain.py: the plain step,
+Dataset and loop, the optional smp; timing.py: the timing loop, our step, the CPU) have fast unit tests.
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
+import numpy as np
 import pytest
+import torch
+from omegaconf import OmegaConf
+from torch.utils.data import default_collate
 
 from conftest import SAMPLE_ROOT
-from helpers import ROOT
+from helpers import CONFIG_DIR, ROOT
+from petseg.build import build_loss
+from petseg.transforms import build_transform
 
 BENCH = ROOT / "benchmarks"
+SHARED_MODULES = {"plain.py", "timing.py"}  # imported by the scripts; no command line of their own
 NUMBER = r"-?\d+(?:\.\d+)?"
 SMOKED = {  # script -> the test below that runs it
     "busy_machine.py": "test_busy_machine",
@@ -74,19 +85,116 @@ def number(cell: str) -> float:
     return float(match.group())
 
 
+def bench_import(name: str) -> ModuleType:
+    """benchmarks/<name>.py as its scripts import it (their folder first on sys.path)."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(BENCH))
+
+
 # ------------------------------------------------------------------------------------- fast checks
 def test_every_benchmark_script_has_a_smoke_test():
-    scripts = {p.name for p in BENCH.glob("*.py")}
+    files = {p.name: p.read_text() for p in BENCH.glob("*.py")}
+    scripts = {name for name, text in files.items() if '__name__ == "__main__"' in text}
     assert scripts == set(SMOKED), "a script in benchmarks/ without a smoke test here (or a stale entry)"
+    assert set(files) - scripts == SHARED_MODULES, "a module in benchmarks/ neither a script nor shared"
     assert all(name in globals() for name in SMOKED.values())
 
 
+def test_every_script_has_its_one_line_in_the_readme():
+    readme = (BENCH / "README.md").read_text()
+    for script in [*SMOKED, "gpu_check.sh"]:
+        rows = [line for line in readme.splitlines() if line.startswith(f"| `{script}` |")]
+        assert len(rows) == 1, f"benchmarks/README.md: {len(rows)} table lines for {script}"
+
+
+def test_no_script_carries_a_copy_of_a_train_step():
+    """The plain step is plain.py's (the only optimiser step written in benchmarks/); our step is the
+    real Trainer.train_step, built in one place (timing.our_trainer, via petseg.build.trainer_for_step)."""
+    texts = {p.name: p.read_text() for p in BENCH.glob("*.py")}
+    assert {name for name, text in texts.items() if re.search(r"\.step\(\)", text)} == {"plain.py"}
+    assert {name for name, text in texts.items() if "trainer_for_step(" in text} == {"timing.py"}
+    assert {name for name, text in texts.items() if "import segmentation_models_pytorch" in text} == {
+        "plain.py"
+    }
+
+
+def test_time_steps_counts_warm_up_calls_apart_from_the_timed_ones():
+    timing = bench_import("timing")
+    calls: list[int] = []
+    syncs: list[int] = []
+    result = timing.time_steps(
+        lambda: calls.append(1),
+        3,
+        warmup=2,
+        sync=lambda: syncs.append(len(calls)),
+        wall_clock=lambda: float(len(calls)),  # one "second" per call so far
+        cpu_clock=lambda: 10.0 * len(calls),
+    )
+    assert len(calls) == 5  # 2 untimed + 3 timed
+    assert (result.steps, result.wall, result.cpu) == (3, 3.0, 30.0)
+    assert (result.seconds("wall"), result.seconds("cpu")) == (3.0, 30.0)
+    assert syncs == [2, 5]  # before the clocks start and before they stop
+    warm = timing.time_steps(lambda: calls.append(1), 0, warmup=4, wall_clock=lambda: float(len(calls)))
+    assert len(calls) == 9 and warm.wall == 0.0  # a warm-up alone times nothing
+
+
+def test_step_seconds_shows_every_step_to_after_and_returns_the_timed_ones():
+    timing = bench_import("timing")
+    now = [0.0]
+    done = [0]
+
+    def step() -> None:  # the k-th call takes k seconds
+        done[0] += 1
+        now[0] += done[0]
+
+    seen: list[float] = []
+    times = timing.step_seconds(step, 3, warmup=2, after=seen.append, wall_clock=lambda: now[0])
+    assert seen == [1.0, 2.0, 3.0, 4.0, 5.0]  # a thread tuner sees the warm-up steps too
+    assert times == [3.0, 4.0, 5.0] and statistics.median(times) == 4.0
+
+
+def test_plain_train_step_learns_on_a_real_sample_batch():
+    """The one plain step (zero_grad, forward, BCE + Dice, backward, clip, AdamW) on a batch of the
+    plain Dataset (PIL-decoded sample pairs): its loss goes down and every parameter moves."""
+    plain = bench_import("plain")
+    data = OmegaConf.load(CONFIG_DIR / "data" / "oxford_pet.yaml")
+    mean, std = (np.array(list(data[key]), dtype=np.float32) for key in ("mean", "std"))
+    transform = build_transform(OmegaConf.load(CONFIG_DIR / "aug" / "default.yaml"), 32, train=False)
+    dataset = plain.PlainPetFiles(SAMPLE_ROOT, "train", transform, mean, std)
+    batch = default_collate([dataset[i] for i in range(4)])
+    assert batch["image"].shape == (4, 3, 32, 32) and set(batch["mask"].unique().tolist()) <= {0.0, 1.0}
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(4, 1, 1)
+    )
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.05)
+    loss_fn = build_loss(OmegaConf.load(CONFIG_DIR / "loss" / "bce_dice.yaml"))
+    before = [p.detach().clone() for p in model.parameters()]
+    losses = [
+        float(plain.plain_train_step(model, optimizer, loss_fn, batch["image"], batch["mask"], clip=1.0))
+        for _ in range(8)
+    ]
+    assert losses[-1] < losses[0], losses
+    assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+def test_without_smp_the_one_message_says_how_to_install_it(monkeypatch, capsys):
+    plain = bench_import("plain")
+    monkeypatch.setitem(sys.modules, "segmentation_models_pytorch", None)  # its import fails, as if missing
+    kept = plain.drop_unusable_smp(["unet", plain.SMP, "smp_runtime"], (plain.SMP, "smp_runtime"))
+    assert kept == ["unet"]
+    skipping, install = capsys.readouterr().out.splitlines()
+    assert skipping.startswith(f"skipping {plain.SMP}, smp_runtime: segmentation_models_pytorch not usable (")
+    assert "import of segmentation_models_pytorch halted" in skipping  # the reason, in one line
+    assert install == f"  Install it with: {plain.INSTALL_COMMAND} (see the comments there)"
+    assert plain.drop_unusable_smp(["unet"]) == ["unet"] and capsys.readouterr().out == ""
+
+
 def test_time_to_dice_legs_parse():
-    sys.path.insert(0, str(BENCH))
-    try:
-        from time_to_dice import parse_legs
-    finally:
-        sys.path.remove(str(BENCH))
+    parse_legs = bench_import("time_to_dice").parse_legs
     legs = parse_legs(["plain", "experiment=cpu_unet model.base_width=8", "experiment=cpu_unet"])
     assert [leg.experiment for leg in legs] == [None, "cpu_unet", "cpu_unet"]
     assert legs[1].overrides == ("model.base_width=8",)
