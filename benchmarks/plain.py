@@ -36,7 +36,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT / "src") not in sys.path:  # the benchmarks run from a checkout, not an installed package
+# src/ first, even when it is already on sys.path further down: a script's own folder comes first, and
+# its benchmarks/models.py would otherwise shadow src/models (the model registry).
+if sys.path[:1] != [str(ROOT / "src")]:
     sys.path.insert(0, str(ROOT / "src"))
 
 from models import build_model  # noqa: E402

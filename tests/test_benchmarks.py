@@ -349,3 +349,19 @@ def test_gpu_check_without_cuda_says_so_in_one_line_and_exits_2(tmp_path: Path):
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("gpu_check: no CUDA device here"), done.stderr
     assert done.stdout == ""
+
+
+def test_scripts_find_the_model_registry_when_src_is_already_on_the_path():
+    # With src/ on PYTHONPATH (behind the script's own folder), benchmarks/models.py once shadowed
+    # src/models and every script that imports timing.py died at start-up (seen in a clean-clone CI).
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    for script in ("seconds_per_batch.py", "train_speed.py"):
+        result = subprocess.run(
+            [sys.executable, str(ROOT / "benchmarks" / script), "--help"],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=ROOT,
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.startswith("usage:")
