@@ -117,22 +117,16 @@ def _walk(transform: Any) -> list[Any]:
 
 
 def build_transform(aug_cfg: Any, image_size: int, train: bool) -> A.Compose:
-    """Compose of the aug config's ``train`` list (only when ``train``) followed by the final resize.
+    """Compose of the aug config's ``train`` list (only when ``train``) followed by the final resize
+    to ``image_size`` (data.image_size or data.crop, checked by data_settings).
 
     Valid/test never get augmentation, whatever the config says. Geometric transforms are albumentations
     DualTransforms, which move image and mask together when called with ``image=..., mask=...``;
     photometric ones (ImageOnlyTransform) leave the mask alone. The resize comes last so each image is
     resampled once, at the end, after cropping/affine.
     """
-    image_size = check_image_size(image_size)
     transforms = build_train_transforms(aug_cfg) if train else []
     return A.Compose([*transforms, resize_transform(image_size)])
-
-
-def check_image_size(image_size: Any) -> int:
-    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 8:
-        raise PetsegError(f"data.image_size must be an integer >= 8, got {image_size!r}")
-    return image_size
 
 
 def seed_transform(transform: Any, seed: int) -> None:
