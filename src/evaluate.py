@@ -33,6 +33,7 @@ from petseg.model_input import ModelInput
 from petseg.paths import PROJECT_ROOT, project_path
 from petseg.runtime import setup_runtime
 from petseg.scoring_data import scoring_data
+from petseg.transforms import aug_settings
 from petseg.upgrade import upgrade_config
 from petseg.value_checks import check_device, check_threshold
 
@@ -51,7 +52,7 @@ def evaluate_checkpoint(cfg: DictConfig, report_dir: Path | None = None) -> dict
     check_model_fits_data(train_cfg.model.name, data)
     runtime = setup_runtime(OmegaConf.merge(train_cfg.trainer, {"device": cfg.device}), device_key="device")
     model = runtime.prepare(model_from_checkpoint(ckpt))
-    dataset = build_dataset(data, train_cfg.aug, cfg.split)
+    dataset = build_dataset(data, aug_settings(train_cfg.aug), cfg.split)
     loader = build_dataloader(dataset, data, train=False)
     model_input = ModelInput.of(data, runtime)
     metrics = evaluate(

@@ -53,6 +53,7 @@ from petseg.model_input import ModelInput
 from petseg.pictures import grid, overlay
 from petseg.predictor import Predictor
 from petseg.scoring_data import scoring_data
+from petseg.transforms import aug_settings
 from utils import binarize
 
 GRID_MAX_IMAGES = 16
@@ -131,7 +132,7 @@ def predict_split(predictor: Predictor, cfg: DictConfig, out_dir: Path) -> dict[
     print(f"data: {where}", flush=True)  # which copy is predicted and scored, before any work on it
     data = data_settings(data_cfg)  # the checkpoint's data settings with this command's data.* keys
     check_model_fits_data(predictor.config.model.name, data)
-    dataset = build_dataset(data, predictor.config.aug, cfg.split)
+    dataset = build_dataset(data, aug_settings(predictor.config.aug), cfg.split)
     loader = build_dataloader(dataset, data, train=False)
     overlays: list[tuple[str, np.ndarray]] = []
 

@@ -44,7 +44,7 @@ from petseg.pet_layout import (
     trimap_to_mask,
 )
 from petseg.splits import SPLITS, canonical_split, example_names
-from petseg.transforms import build_transform, resize_transform, seed_transform
+from petseg.transforms import AugSettings, as_aug_settings, build_transform, resize_transform, seed_transform
 
 __all__ = [
     "SPLITS",
@@ -210,16 +210,16 @@ class OxfordPetDataset(Dataset):
 # ------------------------------------------------------------------------ building from the settings
 
 
-def build_dataset(data: DataSettings | Any, aug_cfg: Any, split: str) -> OxfordPetDataset:
-    """Dataset of ``split`` from the data settings (a data config is read by data_settings first) and
-    the ``aug`` group; only "train" is augmented."""
-    data = as_data_settings(data)
+def build_dataset(data: DataSettings | Any, aug: AugSettings | Any | None, split: str) -> OxfordPetDataset:
+    """Dataset of ``split`` from the data and aug settings (a data or aug config is read by its reader
+    first); only "train" is augmented."""
+    data, aug = as_data_settings(data), as_aug_settings(aug)
     split = canonical_split(split)
     return OxfordPetDataset(
         root=data.root,
         split=split,
         image_size=data.image_size,
-        transform=build_transform(aug_cfg, data.image_size, train=split == "train"),
+        transform=build_transform(aug, data.image_size, train=split == "train"),
         allow_missing=data.allow_missing,
         cache=data.cache,
         cache_dir=data.cache_dir,

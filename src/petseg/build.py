@@ -36,6 +36,7 @@ from petseg.settings import RunSettings, TrainSettings, run_settings
 from petseg.signals import StopSignals, shield_workers
 from petseg.thread_tuner import tuner_for
 from petseg.trainer import Trainer
+from petseg.transforms import AugSettings
 from utils import seed_everything
 
 log = logging.getLogger("petseg.train")
@@ -96,11 +97,11 @@ def _sync_batchnorm(model: nn.Module, wanted: bool, dist: DistInfo, device: torc
 
 
 def _train_loader(
-    data: DataSettings, aug_cfg: Any, seed: int, size: int, dist: DistInfo
+    data: DataSettings, aug: AugSettings, seed: int, size: int, dist: DistInfo
 ) -> tuple[SegmentationDataset, DataLoader]:
     """The train split at image size ``size`` and its loader (seeded order, this rank's shard)."""
     sized = data if size == data.image_size else replace(data, image_size=size)
-    dataset = build_dataset(sized, aug_cfg, "train")
+    dataset = build_dataset(sized, aug, "train")
     shard = {"rank": dist.rank, "world_size": dist.world_size}
     loader = build_dataloader(dataset, data, train=True, seed=seed, **shard)
     shield_workers(loader)
@@ -131,9 +132,10 @@ def build(cfg: DictConfig, dist: DistInfo = SINGLE, settings: RunSettings | None
     runtime = setup_runtime(trainer_cfg, dist)
     model = runtime.prepare(build_model(**cfg.model))
     model = _sync_batchnorm(model, bool(trainer_cfg.sync_batchnorm), dist, runtime.device)
-    train_set, train_loader = _train_loader(data, cfg.aug, seed, train.image_size, dist)
-    smaller = {size: _train_loader(data, cfg.aug, seed, size, dist)[1] for size in train.train_sizes()[:-1]}
-    val_set = build_dataset(data, cfg.aug, "valid")
+    aug = settings.aug
+    train_set, train_loader = _train_loader(data, aug, seed, train.image_size, dist)
+    smaller = {size: _train_loader(data, aug, seed, size, dist)[1] for size in train.train_sizes()[:-1]}
+    val_set = build_dataset(data, aug, "valid")
     val_loader = build_dataloader(val_set, data, train=False, rank=dist.rank, world_size=dist.world_size)
     shield_workers(val_loader)
     steps_per_epoch = len(train_loader) // train.accumulate

@@ -9,6 +9,7 @@ from oxford_pet import OxfordPetDataset
 from oxford_pet import build_dataset as build_pet_dataset
 from petseg.data_settings import DataSettings, as_data_settings
 from petseg.folder_data import FolderDataset, build_folder_dataset, resolve_folder_settings
+from petseg.transforms import AugSettings, as_aug_settings
 
 SegmentationDataset = OxfordPetDataset | FolderDataset
 
@@ -19,10 +20,10 @@ def resolve_data(data: DataSettings) -> DataSettings:
     return resolve_folder_settings(data) if data.layout == "folder" else data
 
 
-def build_dataset(data: DataSettings | Any, aug_cfg: Any, split: str) -> SegmentationDataset:
-    """The dataset of ``split`` that ``data`` describes (resolved settings; a data config is read by
-    data_settings first); only "train" is augmented."""
-    data = as_data_settings(data)
+def build_dataset(data: DataSettings | Any, aug: AugSettings | Any | None, split: str) -> SegmentationDataset:
+    """The dataset of ``split`` that ``data`` describes (resolved settings), augmented by ``aug`` when
+    it is "train" (None: not at all). A data or aug config is read by its reader first."""
+    data, aug = as_data_settings(data), as_aug_settings(aug)
     if data.layout == "folder":
-        return build_folder_dataset(data, aug_cfg, split)
-    return build_pet_dataset(data, aug_cfg, split)
+        return build_folder_dataset(data, aug, split)
+    return build_pet_dataset(data, aug, split)

@@ -32,7 +32,7 @@ from petseg.errors import PetsegError
 from petseg.folder_layout import MaskMapping, image_channels, paired_files, read_mask, split_assignment
 from petseg.images import read_image
 from petseg.splits import canonical_split
-from petseg.transforms import build_transform, resize_transform, seed_transform
+from petseg.transforms import AugSettings, build_transform, resize_transform, seed_transform
 
 logger = logging.getLogger("petseg.data")
 
@@ -58,7 +58,7 @@ class FolderDataset(Dataset):
         image_size: int,
         crop: int | None = None,
         repeat: int = 1,
-        aug_cfg: Any = None,
+        aug: AugSettings | None = None,
         cache: bool = False,
         cache_dir: Path | str | None = None,
         cache_workers: int = 0,
@@ -74,7 +74,7 @@ class FolderDataset(Dataset):
         train = split == "train"
         # Train only: each image this many times an epoch (a few large images give many crops).
         self.repeat = int(repeat) if train else 1
-        self.transform = self._transform(aug_cfg, train, crop)
+        self.transform = self._transform(aug, train, crop)
         self._resize = resize_transform(self.image_size)
         self.cache: ArrayCache | None = None
         if cache:
@@ -91,13 +91,12 @@ class FolderDataset(Dataset):
                 extra={"mapping": mapping.describe(), "layout": "folder"},
             )
 
-    def _transform(self, aug_cfg: Any, train: bool, crop: int | None) -> Any:
-
+    def _transform(self, aug: AugSettings | None, train: bool, crop: int | None) -> Any:
         if not (train and crop):
-            return build_transform(aug_cfg if train else None, self.image_size, train)
+            return build_transform(aug if train else None, self.image_size, train)
         # Crop first, then augment the patch: elastic deformation on the patch, not the whole image.
         first = [resize_transform(self.image_size), A.RandomCrop(int(crop), int(crop), p=1.0)]
-        rest = build_transform(aug_cfg, int(crop), train=True)
+        rest = build_transform(aug, int(crop), train=True)
         return A.Compose([*first, *rest.transforms])
 
     def _load_resized(self, index: int) -> tuple[np.ndarray, np.ndarray]:
@@ -193,7 +192,7 @@ def channel_statistics(paths: Sequence[Path], channels: int) -> tuple[list[float
     return [round(float(m), 4) for m in mean], [round(max(float(s), 1e-3), 4) for s in std]
 
 
-def build_folder_dataset(data: DataSettings, aug_cfg: Any, split: str) -> FolderDataset:
+def build_folder_dataset(data: DataSettings, aug: AugSettings | None, split: str) -> FolderDataset:
     """Dataset of ``split`` ("train", "valid"/"val", "test") of a folder's settings, resolved
     (resolve_folder_settings)."""
     assert data.folder is not None and data.channels is not None, "resolved folder settings"
@@ -209,7 +208,7 @@ def build_folder_dataset(data: DataSettings, aug_cfg: Any, split: str) -> Folder
         data.image_size,
         crop=data.folder.crop,
         repeat=data.folder.repeat,
-        aug_cfg=aug_cfg,
+        aug=aug,
         cache=data.cache,
         cache_dir=data.cache_dir,
         cache_workers=data.num_workers,

@@ -36,7 +36,7 @@ class Predictor:
         self.runtime: Runtime = setup_runtime(trainer, device_key="device")
         self.model: nn.Module = self.runtime.prepare(model_from_checkpoint(ckpt)).eval()
         self.image_size = self.data.image_size
-        self.transform = build_transform(self.config.aug, self.image_size, train=False)
+        self.transform = build_transform(None, self.image_size, train=False)  # never augmented
         self.model_input = ModelInput.of(self.data, self.runtime)
         self.threshold = threshold
         self.tta = tta

@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from petseg.data_settings import DataSettings, data_settings
 from petseg.errors import PetsegError
+from petseg.transforms import AugSettings, aug_settings
 from petseg.value_checks import check_threshold, non_negative_int, optional_positive_int, positive
 
 
@@ -152,10 +153,11 @@ class RunSettings:
     """Every group's settings of one training run, each read once by its reader (run_settings)."""
 
     data: DataSettings  # the data group; a folder's channels/mean/std still 'auto'/null (build resolves)
+    aug: AugSettings  # the aug group
     train: TrainSettings  # the loop's trainer keys
 
 
 def run_settings(cfg: DictConfig) -> RunSettings:
     """The composed training config's groups as typed settings, each checked (a PetsegError line)."""
     data = data_settings(cfg.data)
-    return RunSettings(data=data, train=train_settings(cfg, data))
+    return RunSettings(data=data, aug=aug_settings(cfg.aug), train=train_settings(cfg, data))
