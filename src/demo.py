@@ -16,13 +16,13 @@ import os
 import sys
 import threading
 
-from petseg.checks import check_device, check_threshold
 from petseg.cli import run_command
 from petseg.command_config import load_cli_config
 from petseg.demo import SLOTS, find_test_images, load_slot, serving_port
 from petseg.errors import PetsegError
 from petseg.evaluation import check_tta
 from petseg.paths import project_path
+from petseg.value_checks import check_device, check_threshold
 
 # A demo runs on someone's machine for hours: no update checks or telemetry leave it (albumentations asks
 # PyPI for its latest version at import, Gradio and huggingface_hub report usage), unless the user's

@@ -21,9 +21,10 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from petseg.checkpoint import load_checkpoint, model_from_checkpoint
-from petseg.checks import check_data_settings, check_device, check_threshold
+from petseg.checks import check_model_fits_data
 from petseg.cli import run_command
 from petseg.command_config import load_cli_config
+from petseg.data_settings import data_settings
 from petseg.datasets import build_dataset
 from petseg.evaluation import PROTOCOLS, check_tta, evaluate, format_protocols
 from petseg.evaluation_report import breed_of, species_of, write_report
@@ -32,7 +33,9 @@ from petseg.model_input import ModelInput
 from petseg.paths import PROJECT_ROOT, project_path
 from petseg.runtime import setup_runtime
 from petseg.scoring_data import scoring_data
+from petseg.transforms import aug_settings
 from petseg.upgrade import upgrade_config
+from petseg.value_checks import check_device, check_threshold
 
 
 def evaluate_checkpoint(cfg: DictConfig, report_dir: Path | None = None) -> dict[str, Any]:
@@ -45,12 +48,13 @@ def evaluate_checkpoint(cfg: DictConfig, report_dir: Path | None = None) -> dict
     train_cfg = upgrade_config(ckpt["config"])
     data_cfg, where = scoring_data(train_cfg.data, cfg.data)
     print(f"data: {where}", flush=True)  # first: which copy is scored, before any work on it
-    check_data_settings(train_cfg.model.name, data_cfg)
+    data = data_settings(data_cfg)  # the checkpoint's data settings with this command's data.* keys
+    check_model_fits_data(train_cfg.model.name, data)
     runtime = setup_runtime(OmegaConf.merge(train_cfg.trainer, {"device": cfg.device}), device_key="device")
     model = runtime.prepare(model_from_checkpoint(ckpt))
-    dataset = build_dataset(data_cfg, train_cfg.aug, cfg.split)
-    loader = build_dataloader(dataset, data_cfg, train=False)
-    model_input = ModelInput.of(data_cfg, runtime)
+    dataset = build_dataset(data, aug_settings(train_cfg.aug), cfg.split)
+    loader = build_dataloader(dataset, data, train=False)
+    model_input = ModelInput.of(data, runtime)
     metrics = evaluate(
         model,
         loader,
@@ -59,7 +63,7 @@ def evaluate_checkpoint(cfg: DictConfig, report_dir: Path | None = None) -> dict
         desc=f"eval {cfg.split}",
         native=True,
         tta=tta,
-        headline=str(data_cfg.headline),
+        headline=data.headline,
     )
     if report_dir is not None:
         per_image = {row["name"]: row["dice_256"] for row in metrics["per_image"]}
@@ -76,7 +80,7 @@ def evaluate_checkpoint(cfg: DictConfig, report_dir: Path | None = None) -> dict
     return {
         "model": train_cfg.model.name,
         "split": cfg.split,
-        "image_size": int(data_cfg.image_size),
+        "image_size": data.image_size,
         "missing": len(getattr(dataset, "missing", [])),
         "metrics": metrics,
         "tta": tta,

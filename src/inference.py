@@ -40,9 +40,10 @@ from PIL import Image
 from tqdm import tqdm
 
 from petseg.checkpoint import load_checkpoint
-from petseg.checks import check_data_settings
+from petseg.checks import check_model_fits_data
 from petseg.cli import run_command
 from petseg.command_config import load_cli_config
+from petseg.data_settings import data_settings
 from petseg.datasets import build_dataset
 from petseg.errors import PetsegError
 from petseg.evaluation import check_tta, evaluate, format_protocols, resize_logits
@@ -52,6 +53,7 @@ from petseg.model_input import ModelInput
 from petseg.pictures import grid, overlay
 from petseg.predictor import Predictor
 from petseg.scoring_data import scoring_data
+from petseg.transforms import aug_settings
 from utils import binarize
 
 GRID_MAX_IMAGES = 16
@@ -128,9 +130,10 @@ def predict_split(predictor: Predictor, cfg: DictConfig, out_dir: Path) -> dict[
     """Predict every image of a split, writing outputs at original size, and score it with evaluate()."""
     data_cfg, where = scoring_data(predictor.config.data, cfg.data)
     print(f"data: {where}", flush=True)  # which copy is predicted and scored, before any work on it
-    check_data_settings(predictor.config.model.name, data_cfg)
-    dataset = build_dataset(data_cfg, predictor.config.aug, cfg.split)
-    loader = build_dataloader(dataset, data_cfg, train=False)
+    data = data_settings(data_cfg)  # the checkpoint's data settings with this command's data.* keys
+    check_model_fits_data(predictor.config.model.name, data)
+    dataset = build_dataset(data, aug_settings(predictor.config.aug), cfg.split)
+    loader = build_dataloader(dataset, data, train=False)
     overlays: list[tuple[str, np.ndarray]] = []
 
     def save(batch: dict[str, Any], logits: torch.Tensor, _dice: torch.Tensor) -> None:
@@ -145,13 +148,13 @@ def predict_split(predictor: Predictor, cfg: DictConfig, out_dir: Path) -> dict[
     metrics = evaluate(
         predictor.model,
         loader,
-        ModelInput.of(data_cfg, predictor.runtime),
+        ModelInput.of(data, predictor.runtime),
         threshold=predictor.threshold,
         desc=f"predict {cfg.split}",
         on_batch=save,
         native=True,
         tta=predictor.tta,
-        headline=str(data_cfg.headline),
+        headline=data.headline,
     )
     write_grid(out_dir, overlays)
     return metrics

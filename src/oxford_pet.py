@@ -24,9 +24,9 @@ from torch.utils.data import Dataset
 
 from petseg.cache import DEFAULT_CACHE_DIR, ArrayCache, open_or_build
 from petseg.data_report import main as report_main
+from petseg.data_settings import DataSettings, as_data_settings
 from petseg.errors import PetsegError
 from petseg.images import read_image, to_rgb
-from petseg.paths import project_path
 from petseg.pet_layout import (
     TRIMAP_BACKGROUND,
     TRIMAP_BORDER,
@@ -44,7 +44,7 @@ from petseg.pet_layout import (
     trimap_to_mask,
 )
 from petseg.splits import SPLITS, canonical_split, example_names
-from petseg.transforms import build_transform, check_image_size, resize_transform, seed_transform
+from petseg.transforms import AugSettings, as_aug_settings, build_transform, resize_transform, seed_transform
 
 __all__ = [
     "SPLITS",
@@ -103,7 +103,7 @@ class OxfordPetDataset(Dataset):
     ) -> None:
         self.root = check_root(Path(root))
         self.split = canonical_split(split)
-        self.image_size = check_image_size(image_size)
+        self.image_size = int(image_size)
         # Check before anything is loaded: a test name in trainval would make every score meaningless.
         check_no_test_leak(self.root)
         self.transform = transform if transform is not None else build_transform(None, self.image_size, False)
@@ -207,30 +207,23 @@ class OxfordPetDataset(Dataset):
         }
 
 
-# --------------------------------------------------------------------------------- building from cfg
+# ------------------------------------------------------------------------ building from the settings
 
 
-def _cfg(data_cfg: Any, key: str) -> Any:
-    """data.<key>, which the YAML (or a checkpoint upgraded by petseg.upgrade) always has."""
-    value = data_cfg[key]
-    if value is None:
-        raise PetsegError(f"data.{key} is not set")
-    return value
-
-
-def build_dataset(data_cfg: Any, aug_cfg: Any, split: str) -> OxfordPetDataset:
-    """Dataset of ``split`` from the ``data`` and ``aug`` config groups; only "train" is augmented."""
+def build_dataset(data: DataSettings | Any, aug: AugSettings | Any | None, split: str) -> OxfordPetDataset:
+    """Dataset of ``split`` from the data and aug settings (a data or aug config is read by its reader
+    first); only "train" is augmented."""
+    data, aug = as_data_settings(data), as_aug_settings(aug)
     split = canonical_split(split)
-    image_size = check_image_size(_cfg(data_cfg, "image_size"))
     return OxfordPetDataset(
-        root=project_path(_cfg(data_cfg, "root")),  # petseg/paths.py: the project's, from any directory
+        root=data.root,
         split=split,
-        image_size=image_size,
-        transform=build_transform(aug_cfg, image_size, train=split == "train"),
-        allow_missing=bool(data_cfg.allow_missing),
-        cache=bool(data_cfg.cache),
-        cache_dir=project_path(data_cfg.cache_dir or DEFAULT_CACHE_DIR),
-        cache_workers=int(data_cfg.num_workers or 0),
+        image_size=data.image_size,
+        transform=build_transform(aug, data.image_size, train=split == "train"),
+        allow_missing=data.allow_missing,
+        cache=data.cache,
+        cache_dir=data.cache_dir,
+        cache_workers=data.num_workers,
     )
 
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,8 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from helpers import CONFIG_DIR, DATA_DIR
-from petseg.datasets import build_dataset, resolve_data_settings
+from petseg.data_settings import data_settings
+from petseg.datasets import build_dataset, resolve_data
 from petseg.errors import PetsegError
 from petseg.folder_layout import paired_files
 from petseg.upgrade import group_yaml
@@ -53,8 +55,7 @@ def folder_cfg(root: Path, **overrides: object):
 
 
 def resolved(cfg):
-    resolve_data_settings(cfg)
-    return cfg
+    return resolve_data(data_settings(cfg))
 
 
 # ------------------------------------------------------------------------------------------ items
@@ -93,9 +94,7 @@ def test_crop_trains_on_patches_and_evaluates_whole_images(tmp_path: Path):
 def test_cache_gives_the_items_of_the_files(tmp_path: Path):
     cfg = resolved(folder_cfg(make_folder(tmp_path / "d", rgb=False)))
     plain = build_dataset(cfg, None, "valid")
-    cached = build_dataset(
-        OmegaConf.merge(cfg, {"cache": True, "cache_dir": str(tmp_path / "c")}), None, "valid"
-    )
+    cached = build_dataset(replace(cfg, cache=True, cache_dir=tmp_path / "c"), None, "valid")
     assert cached.cache is not None
     for i in range(len(plain)):
         assert torch.equal(plain[i]["image"], cached[i]["image"])
@@ -197,9 +196,9 @@ def test_bad_input_is_one_clear_error(tmp_path: Path, case: str):
     root = make_folder(tmp_path / "d", n=6)
     cfg = folder_cfg(root, **_mutate(root, case))
     with pytest.raises(PetsegError) as err:
-        resolve_data_settings(cfg)
+        data = resolved(cfg)
         for split in ("train", "valid", "test"):
-            dataset = build_dataset(cfg, None, split)
+            dataset = build_dataset(data, None, split)
             for i in range(len(dataset)):
                 dataset[i]
     assert BAD_CASES[case] in str(err.value) and "\n" not in str(err.value)
@@ -232,8 +231,7 @@ def test_the_em_preset_reads_the_sample_slices():
         {"root": str(EM_SAMPLE), "image_size": 128, "crop": 64, "cache": False},
     )
     cfg.split.ranges = {"train": [0, 4], "valid": [4, 5], "test": [5, 6]}
-    resolve_data_settings(cfg)
-    valid = build_dataset(cfg, None, "valid")
+    valid = build_dataset(resolved(cfg), None, "valid")
     mask = valid.load_mask("slice_04")
     assert cfg.channels == 1 and 0.1 < mask.mean() < 0.4  # membrane is the class, ~22 % of pixels
     assert OmegaConf.load(CONFIG_DIR / "data" / "isbi2012_em.yaml").foreground == [0]

@@ -16,7 +16,7 @@ from PIL import Image
 import oxford_pet
 from oxford_pet import OxfordPetDataset, build_dataset, read_image, read_trimap, split_names, trimap_to_mask
 from petseg import loaders, transforms
-from petseg.checks import check_data_settings
+from petseg.data_settings import data_settings
 from petseg.errors import PetsegError
 from petseg.loaders import build_dataloader
 
@@ -250,9 +250,9 @@ def test_bad_data_config_values_are_user_errors(sample_root: Path) -> None:
     with pytest.raises(PetsegError, match="image_size"):
         build_dataset(_data_cfg(sample_root, image_size="big"), aug, "train")
     with pytest.raises(PetsegError, match="data.mean"):
-        check_data_settings("unet", _data_cfg(sample_root, mean=[0.5, 0.5]))
+        data_settings(_data_cfg(sample_root, mean=[0.5, 0.5]))
     with pytest.raises(PetsegError, match="data.std must be positive"):
-        check_data_settings("unet", _data_cfg(sample_root, std=[0.5, 0.0, 0.5]))
+        data_settings(_data_cfg(sample_root, std=[0.5, 0.0, 0.5]))
 
 
 def _epoch(loader) -> tuple[list[str], list[torch.Tensor]]:

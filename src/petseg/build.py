@@ -9,6 +9,7 @@ torch.compile). The Trainer receives these built objects and knows nothing of YA
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,8 @@ from torch.utils.data import DataLoader
 
 from models import build_model
 from petseg.callbacks import ExportBest, MidEpochSave, TensorBoardLog, ThreadTuning
-from petseg.datasets import SegmentationDataset, build_dataset, resolve_data_settings
+from petseg.data_settings import DataSettings
+from petseg.datasets import SegmentationDataset, build_dataset, resolve_data
 from petseg.distributed import SINGLE, DistInfo, wrap_model
 from petseg.ema import EMA, check_decay
 from petseg.errors import PetsegError
@@ -30,10 +32,11 @@ from petseg.model_input import ModelInput
 from petseg.optim import constant
 from petseg.run_objects import RunObjects
 from petseg.runtime import Runtime, setup_runtime
-from petseg.settings import TrainSettings, train_settings
+from petseg.settings import RunSettings, TrainSettings, run_settings
 from petseg.signals import StopSignals, shield_workers
 from petseg.thread_tuner import tuner_for
 from petseg.trainer import Trainer
+from petseg.transforms import AugSettings
 from utils import seed_everything
 
 log = logging.getLogger("petseg.train")
@@ -93,42 +96,57 @@ def _sync_batchnorm(model: nn.Module, wanted: bool, dist: DistInfo, device: torc
     return nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
 
-def _train_loader(cfg: DictConfig, size: int, dist: DistInfo) -> tuple[SegmentationDataset, DataLoader]:
+def _train_loader(
+    data: DataSettings, aug: AugSettings, seed: int, size: int, dist: DistInfo
+) -> tuple[SegmentationDataset, DataLoader]:
     """The train split at image size ``size`` and its loader (seeded order, this rank's shard)."""
-    data = cfg.data if size == int(cfg.data.image_size) else OmegaConf.merge(cfg.data, {"image_size": size})
-    dataset = build_dataset(data, cfg.aug, "train")
+    sized = data if size == data.image_size else replace(data, image_size=size)
+    dataset = build_dataset(sized, aug, "train")
     shard = {"rank": dist.rank, "world_size": dist.world_size}
-    loader = build_dataloader(dataset, cfg.data, train=True, seed=int(cfg.trainer.seed), **shard)
+    loader = build_dataloader(dataset, data, train=True, seed=seed, **shard)
     shield_workers(loader)
     return dataset, loader
 
 
-def build(cfg: DictConfig, dist: DistInfo = SINGLE) -> RunObjects:
-    """Seed, set up the runtime, and build every object of a training run from ``cfg``."""
-    trainer_cfg = cfg.trainer
-    resolve_data_settings(cfg.data)  # before the model: its in_channels follow data.channels
-    settings = train_settings(cfg)
+def _record_resolved(data_cfg: DictConfig, data: DataSettings) -> None:
+    """Write what the data decided (a folder's ``channels: auto``, ``mean``/``std: null``) into the
+    config: checkpoints save it (evaluation and inference use those numbers) and model.in_channels
+    follows data.channels."""
+    if data_cfg.channels == "auto":
+        data_cfg.channels = data.channels
+    for key in ("mean", "std"):
+        if data_cfg[key] is None:
+            data_cfg[key] = list(getattr(data, key))
+
+
+def build(cfg: DictConfig, dist: DistInfo = SINGLE, settings: RunSettings | None = None) -> RunObjects:
+    """Seed, set up the runtime, and build every object of a training run from ``cfg`` and its
+    settings (``run_settings(cfg)`` unless the caller read them already)."""
+    settings = settings or run_settings(cfg)
+    trainer_cfg, train = cfg.trainer, settings.train
+    data = resolve_data(settings.data)
+    _record_resolved(cfg.data, data)  # before the model: its in_channels follow data.channels
     loss_fn = build_loss(cfg.loss)
-    seed_everything(
-        int(trainer_cfg.seed), bool(trainer_cfg.deterministic)
-    )  # before the model: its init draws from torch
+    seed = int(trainer_cfg.seed)
+    seed_everything(seed, bool(trainer_cfg.deterministic))  # before the model: its init draws from torch
     runtime = setup_runtime(trainer_cfg, dist)
     model = runtime.prepare(build_model(**cfg.model))
     model = _sync_batchnorm(model, bool(trainer_cfg.sync_batchnorm), dist, runtime.device)
-    train_set, train_loader = _train_loader(cfg, settings.image_size, dist)
-    smaller = {size: _train_loader(cfg, size, dist)[1] for size in settings.train_sizes()[:-1]}
-    val_set = build_dataset(cfg.data, cfg.aug, "valid")
-    val_loader = build_dataloader(val_set, cfg.data, train=False, rank=dist.rank, world_size=dist.world_size)
+    aug = settings.aug
+    train_set, train_loader = _train_loader(data, aug, seed, train.image_size, dist)
+    smaller = {size: _train_loader(data, aug, seed, size, dist)[1] for size in train.train_sizes()[:-1]}
+    val_set = build_dataset(data, aug, "valid")
+    val_loader = build_dataloader(val_set, data, train=False, rank=dist.rank, world_size=dist.world_size)
     shield_workers(val_loader)
-    steps_per_epoch = len(train_loader) // settings.accumulate
-    if settings.limit_train_batches is not None:
-        steps_per_epoch = min(steps_per_epoch, settings.limit_train_batches)
+    steps_per_epoch = len(train_loader) // train.accumulate
+    if train.limit_train_batches is not None:
+        steps_per_epoch = min(steps_per_epoch, train.limit_train_batches)
     if steps_per_epoch == 0:
         per = f" per process ({dist.world_size} processes)" if dist.enabled else ""
         step = (
-            f"{cfg.data.batch_size} x trainer.accumulate={settings.accumulate}"
-            if settings.accumulate > 1
-            else cfg.data.batch_size
+            f"{data.batch_size} x trainer.accumulate={train.accumulate}"
+            if train.accumulate > 1
+            else data.batch_size
         )
         raise PetsegError(
             f"the train split has {len(train_set)} images, fewer than one step of "
@@ -141,7 +159,7 @@ def build(cfg: DictConfig, dist: DistInfo = SINGLE) -> RunObjects:
     train_model = runtime.compile_model(wrap_model(model, dist))
     return RunObjects(
         runtime=runtime,
-        model_input=ModelInput.of(cfg.data, runtime),
+        model_input=ModelInput.of(data, runtime),
         model=model,
         train_model=train_model,
         train_set=train_set,
@@ -150,7 +168,7 @@ def build(cfg: DictConfig, dist: DistInfo = SINGLE) -> RunObjects:
         val_loader=val_loader,
         steps_per_epoch=steps_per_epoch,
         optimizer=optimizer,
-        scheduler=build_scheduler(cfg.sched, optimizer, steps_per_epoch, settings.epochs),
+        scheduler=build_scheduler(cfg.sched, optimizer, steps_per_epoch, train.epochs),
         loss_fn=loss_fn,
         scaler=_scaler(runtime),
         thread_tuner=tuner_for(trainer_cfg, runtime.device, dist.enabled),
@@ -165,9 +183,11 @@ def build_trainer(
     dist: DistInfo = SINGLE,
     stop: StopSignals | None = None,
     choices: dict[str, str] | None = None,
+    run: RunSettings | None = None,
 ) -> Trainer:
-    """The Trainer of ``built`` with its settings and callbacks, as ``cfg`` says."""
-    settings: TrainSettings = train_settings(cfg)
+    """The Trainer of ``built`` with its settings and callbacks, as ``cfg`` says (its settings
+    ``run``, read by ``run_settings(cfg)`` unless given)."""
+    settings = (run or run_settings(cfg)).train
     run_dir = Path(run_dir)
     callbacks: list = [TensorBoardLog(run_dir, cfg, dict(choices or {}))]
     if built.thread_tuner is not None:

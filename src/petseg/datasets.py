@@ -7,29 +7,23 @@ from typing import Any
 
 from oxford_pet import OxfordPetDataset
 from oxford_pet import build_dataset as build_pet_dataset
-from petseg.errors import PetsegError
+from petseg.data_settings import DataSettings, as_data_settings
 from petseg.folder_data import FolderDataset, build_folder_dataset, resolve_folder_settings
+from petseg.transforms import AugSettings, as_aug_settings
 
-LAYOUTS = ("oxford_pet", "folder")
 SegmentationDataset = OxfordPetDataset | FolderDataset
 
 
-def layout_of(data_cfg: Any) -> str:
-    layout = data_cfg.get("layout", "oxford_pet")
-    if layout not in LAYOUTS:
-        raise PetsegError(f"data.layout={layout!r} is not one of {', '.join(LAYOUTS)}")
-    return str(layout)
+def resolve_data(data: DataSettings) -> DataSettings:
+    """``data`` with the settings the data decides (a folder's ``channels: auto``, ``mean``/``std:
+    null``) filled in, before anything is built from them; the pets' are given in their YAML."""
+    return resolve_folder_settings(data) if data.layout == "folder" else data
 
 
-def resolve_data_settings(data_cfg: Any) -> None:
-    """Settings the data decides (``channels: auto``, ``mean``/``std: null`` of a folder), filled in
-    place before anything is built from them."""
-    if layout_of(data_cfg) == "folder":
-        resolve_folder_settings(data_cfg)
-
-
-def build_dataset(data_cfg: Any, aug_cfg: Any, split: str) -> SegmentationDataset:
-    """The dataset of ``split`` that ``data_cfg`` describes; only "train" is augmented."""
-    if layout_of(data_cfg) == "folder":
-        return build_folder_dataset(data_cfg, aug_cfg, split)
-    return build_pet_dataset(data_cfg, aug_cfg, split)
+def build_dataset(data: DataSettings | Any, aug: AugSettings | Any | None, split: str) -> SegmentationDataset:
+    """The dataset of ``split`` that ``data`` describes (resolved settings), augmented by ``aug`` when
+    it is "train" (None: not at all). A data or aug config is read by its reader first."""
+    data, aug = as_data_settings(data), as_aug_settings(aug)
+    if data.layout == "folder":
+        return build_folder_dataset(data, aug, split)
+    return build_pet_dataset(data, aug, split)

@@ -19,10 +19,10 @@ import numpy as np
 from gradio.utils import get_upload_folder
 from PIL import Image
 
-from petseg.checks import check_threshold
 from petseg.demo import ModelSlot, Photo, TestImages, predict, read_photo, serving_port
 from petseg.errors import PetsegError
 from petseg.pictures import overlay
+from petseg.value_checks import check_threshold
 
 log = logging.getLogger("petseg.demo")
 

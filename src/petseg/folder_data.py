@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +27,12 @@ import torch
 from torch.utils.data import Dataset
 
 from petseg.cache import DEFAULT_CACHE_DIR, ArrayCache, open_or_build
+from petseg.data_settings import DataSettings
 from petseg.errors import PetsegError
 from petseg.folder_layout import MaskMapping, image_channels, paired_files, read_mask, split_assignment
 from petseg.images import read_image
-from petseg.paths import project_path
 from petseg.splits import canonical_split
-from petseg.transforms import build_transform, check_image_size, resize_transform, seed_transform
+from petseg.transforms import AugSettings, build_transform, resize_transform, seed_transform
 
 logger = logging.getLogger("petseg.data")
 
@@ -57,7 +58,7 @@ class FolderDataset(Dataset):
         image_size: int,
         crop: int | None = None,
         repeat: int = 1,
-        aug_cfg: Any = None,
+        aug: AugSettings | None = None,
         cache: bool = False,
         cache_dir: Path | str | None = None,
         cache_workers: int = 0,
@@ -69,11 +70,11 @@ class FolderDataset(Dataset):
             raise PetsegError(f"the {split} split of {self.root} is empty (data.split gives it no pairs)")
         self.files = {n: files[n] for n in self.names}
         self.mapping, self.channels = mapping, int(channels)
-        self.image_size = check_image_size(image_size)
+        self.image_size = int(image_size)
         train = split == "train"
         # Train only: each image this many times an epoch (a few large images give many crops).
         self.repeat = int(repeat) if train else 1
-        self.transform = self._transform(aug_cfg, train, crop)
+        self.transform = self._transform(aug, train, crop)
         self._resize = resize_transform(self.image_size)
         self.cache: ArrayCache | None = None
         if cache:
@@ -90,13 +91,12 @@ class FolderDataset(Dataset):
                 extra={"mapping": mapping.describe(), "layout": "folder"},
             )
 
-    def _transform(self, aug_cfg: Any, train: bool, crop: int | None) -> Any:
-
+    def _transform(self, aug: AugSettings | None, train: bool, crop: int | None) -> Any:
         if not (train and crop):
-            return build_transform(aug_cfg if train else None, self.image_size, train)
+            return build_transform(aug if train else None, self.image_size, train)
         # Crop first, then augment the patch: elastic deformation on the patch, not the whole image.
         first = [resize_transform(self.image_size), A.RandomCrop(int(crop), int(crop), p=1.0)]
-        rest = build_transform(aug_cfg, int(crop), train=True)
+        rest = build_transform(aug, int(crop), train=True)
         return A.Compose([*first, *rest.transforms])
 
     def _load_resized(self, index: int) -> tuple[np.ndarray, np.ndarray]:
@@ -150,38 +150,31 @@ def _with_channel_axis(image: np.ndarray) -> np.ndarray:
     return image[:, :, None] if image.ndim == 2 else image
 
 
-# ------------------------------------------------------------------------------ building from cfg
+# ------------------------------------------------------------------------ building from the settings
 
 
-def _pairs_and_split(data_cfg: Any) -> tuple[Path, dict[str, tuple[Path, Path]], dict[str, list[str]]]:
-    if data_cfg.root is None:
-        raise PetsegError(
-            "data.root is not set: data=folder needs data.root=<a folder with images/ and masks/>"
-        )
-    root = project_path(data_cfg.root)
-    files = paired_files(root, bool(data_cfg.allow_missing))
-    return root, files, split_assignment(root, list(files), data_cfg.split)
+def _pairs_and_split(data: DataSettings) -> tuple[dict[str, tuple[Path, Path]], dict[str, list[str]]]:
+    assert data.folder is not None, "a folder layout's settings"
+    files = paired_files(data.root, data.allow_missing)
+    return files, split_assignment(data.root, list(files), data.folder.split)
 
 
-def resolve_folder_settings(data_cfg: Any) -> None:
-    """Fill ``channels: auto`` and ``mean``/``std: null`` from the data (the train split's statistics),
-    in place, so the run's saved config holds the numbers evaluation and inference must use."""
-    root, files, splits = _pairs_and_split(data_cfg)
-    if data_cfg.channels == "auto":
+def resolve_folder_settings(data: DataSettings) -> DataSettings:
+    """``data`` with ``channels: auto`` and ``mean``/``std: null`` decided by the data (the train
+    split's statistics); build.py writes them into the run's saved config, the numbers evaluation and
+    inference must use."""
+    files, splits = _pairs_and_split(data)
+    channels, mean, std = data.channels, data.mean, data.std
+    if channels is None:
         kinds = {image_channels(files[n][0]) for n in splits["train"][:50] or list(files)[:50]}
-        data_cfg.channels = 3 if 3 in kinds else 1
-    if data_cfg.mean is None or data_cfg.std is None:
-        mean, std = channel_statistics([files[n][0] for n in splits["train"]], int(data_cfg.channels))
-        if data_cfg.mean is None:
-            data_cfg.mean = mean
-        if data_cfg.std is None:
-            data_cfg.std = std
-        logger.info(
-            "data.mean %s, data.std %s (from the %d train images)",
-            data_cfg.mean,
-            data_cfg.std,
-            len(splits["train"]),
-        )
+        channels = 3 if 3 in kinds else 1
+    if mean is None or std is None:
+        train_mean, train_std = channel_statistics([files[n][0] for n in splits["train"]], channels)
+        mean = tuple(train_mean) if mean is None else mean
+        std = tuple(train_std) if std is None else std
+        n_train = len(splits["train"])
+        logger.info("data.mean %s, data.std %s (from the %d train images)", list(mean), list(std), n_train)
+    return replace(data, channels=channels, mean=mean, std=std)
 
 
 def channel_statistics(paths: Sequence[Path], channels: int) -> tuple[list[float], list[float]]:
@@ -199,23 +192,24 @@ def channel_statistics(paths: Sequence[Path], channels: int) -> tuple[list[float
     return [round(float(m), 4) for m in mean], [round(max(float(s), 1e-3), 4) for s in std]
 
 
-def build_folder_dataset(data_cfg: Any, aug_cfg: Any, split: str) -> FolderDataset:
-    """Dataset of ``split`` ("train", "valid"/"val", "test") from a ``data=folder`` config whose
-    settings checks.check_data_settings passed and resolve_folder_settings filled in."""
+def build_folder_dataset(data: DataSettings, aug: AugSettings | None, split: str) -> FolderDataset:
+    """Dataset of ``split`` ("train", "valid"/"val", "test") of a folder's settings, resolved
+    (resolve_folder_settings)."""
+    assert data.folder is not None and data.channels is not None, "resolved folder settings"
     split = canonical_split(split)
-    root, files, splits = _pairs_and_split(data_cfg)
+    files, splits = _pairs_and_split(data)
     return FolderDataset(
-        root,
+        data.root,
         split,
         splits[split],
         files,
-        MaskMapping(data_cfg.foreground, data_cfg.background),
-        int(data_cfg.channels),
-        int(data_cfg.image_size),
-        crop=data_cfg.crop,
-        repeat=int(data_cfg.repeat),
-        aug_cfg=aug_cfg,
-        cache=bool(data_cfg.cache),
-        cache_dir=project_path(data_cfg.cache_dir or DEFAULT_CACHE_DIR),
-        cache_workers=int(data_cfg.num_workers or 0),
+        data.folder.mapping,
+        data.channels,
+        data.image_size,
+        crop=data.folder.crop,
+        repeat=data.folder.repeat,
+        aug=aug,
+        cache=data.cache,
+        cache_dir=data.cache_dir,
+        cache_workers=data.num_workers,
     )

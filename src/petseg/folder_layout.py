@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import logging
 import random
-import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -20,45 +19,29 @@ logger = logging.getLogger("petseg.data")
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp")
 _EXAMPLES = 3
-_THRESHOLD = re.compile(r"^\s*(>=|>)\s*(\d+)\s*$")
 
 
 # ------------------------------------------------------------------------------------- foreground
 
 
+@dataclass(frozen=True)
 class MaskMapping:
-    """Mask values -> {0, 1}: foreground values (or a threshold) and, optionally, the background ones.
+    """Mask values -> {0, 1}: foreground values (or a threshold) and, optionally, the background ones
+    (``data.foreground`` and ``data.background`` as data_settings.py read them).
 
     With a list of background values, any other value in a mask is an error: a mask drawn with another
     convention would otherwise be learned silently wrong.
     """
 
-    def __init__(self, foreground: Any, background: Any = None) -> None:
-        self.threshold: tuple[str, int] | None = None
-        self.foreground: list[int] = []
-        self.background: list[int] | None = None
-        if isinstance(foreground, str):
-            match = _THRESHOLD.match(foreground)
-            if match is None:
-                raise PetsegError(
-                    f"data.foreground={foreground!r}: give a list of mask values, or '>=t' / '>t'"
-                )
-            self.threshold = (match.group(1), int(match.group(2)))
-        else:
-            self.foreground = _values(foreground, "data.foreground")
-            if not self.foreground:
-                raise PetsegError("data.foreground is empty: give the mask values of the class")
-            if background is not None:
-                self.background = _values(background, "data.background")
-                both = sorted(set(self.foreground) & set(self.background))
-                if both:
-                    raise PetsegError(f"data.foreground and data.background share the values {both}")
+    foreground: tuple[int, ...]  # the class's values; () with a threshold
+    background: tuple[int, ...] | None  # the other allowed values; None: every other value
+    threshold: tuple[str, int] | None  # ('>=', t) or ('>', t) on 8-bit values, instead of a list
 
     def describe(self) -> str:
         if self.threshold is not None:
             return f"foreground: mask value {self.threshold[0]} {self.threshold[1]}"
-        back = "every other value" if self.background is None else f"values {self.background}"
-        return f"foreground: mask values {self.foreground}, background: {back}"
+        back = "every other value" if self.background is None else f"values {list(self.background)}"
+        return f"foreground: mask values {list(self.foreground)}, background: {back}"
 
     def __call__(self, mask: np.ndarray, path: Path) -> np.ndarray:
         if self.threshold is not None:
@@ -69,18 +52,20 @@ class MaskMapping:
             if bad.size:
                 raise PetsegError(
                     f"mask {path} has values {bad.tolist()[:5]} that neither data.foreground "
-                    f"{self.foreground} nor data.background {self.background} covers"
+                    f"{list(self.foreground)} nor data.background {list(self.background)} covers"
                 )
         return np.isin(mask, self.foreground).astype(np.uint8)
 
 
-def _values(value: Any, key: str) -> list[int]:
-    items = list(value) if hasattr(value, "__iter__") and not isinstance(value, str) else [value]
-    if isinstance(value, str) or not all(isinstance(v, int) and not isinstance(v, bool) for v in items):
-        raise PetsegError(f"{key} must be a list of integer mask values, got {value!r}")
-    if any(not 0 <= v <= 255 for v in items):
-        raise PetsegError(f"{key} values must be 0-255 (8-bit masks), got {items}")
-    return [int(v) for v in items]
+@dataclass(frozen=True)
+class SplitRule:
+    """``data.split`` of a folder as data_settings.py read it: the one rule in effect (the first given
+    of list files, ranges, a seeded ratio); the other two are None."""
+
+    files: dict[str, str] | None  # {split: list file}, relative to data.root; a split not named is empty
+    ranges: dict[str, tuple[int, int]] | None  # {split: (start, end)}: positions in the sorted names
+    ratio: tuple[float, ...] | None  # train, valid, test fractions of a shuffle seeded by `seed`
+    seed: int
 
 
 # --------------------------------------------------------------------------------------- decoding
@@ -168,15 +153,15 @@ def _read_names(root: Path, list_file: str, split: str) -> list[str]:
     return [n.rsplit(".", 1)[0] if n.lower().endswith(IMAGE_SUFFIXES) else n for n in names]
 
 
-def split_assignment(root: Path, names: Sequence[str], split_cfg: Any) -> dict[str, list[str]]:
+def split_assignment(root: Path, names: Sequence[str], rule: SplitRule) -> dict[str, list[str]]:
     """{split: names} by ``data.split``: list files, else ordered ranges, else a seeded ratio.
 
     No name may be in two splits (a test image in training would inflate every test score); a listed
-    name without its pair is an error.
+    name without its pair, or a range outside the pairs, is an error.
     """
     names = sorted(names)
-    if split_cfg.get("files"):
-        files = split_cfg.files
+    if rule.files is not None:
+        files = rule.files
         out = {s: _read_names(root, files[s], s) if files.get(s) else [] for s in SPLITS}
         known = set(names)
         for split, listed in out.items():
@@ -186,16 +171,13 @@ def split_assignment(root: Path, names: Sequence[str], split_cfg: Any) -> dict[s
                     f"data.split.files.{split} lists {len(absent)} name(s) with no image+mask pair under "
                     f"{root} (e.g. {', '.join(absent[:_EXAMPLES])})"
                 )
-    elif split_cfg.get("ranges"):
+    elif rule.ranges is not None:
         out = {}
         for split in SPLITS:
-            bounds = split_cfg.ranges.get(split)
-            if bounds is None:
+            if split not in rule.ranges:
                 out[split] = []
                 continue
-            if len(bounds) != 2 or not all(isinstance(b, int) and not isinstance(b, bool) for b in bounds):
-                raise PetsegError(f"data.split.ranges.{split} must be [start, end], got {list(bounds)}")
-            start, end = bounds
+            start, end = rule.ranges[split]
             if not 0 <= start < end <= len(names):
                 raise PetsegError(
                     f"data.split.ranges.{split}={[start, end]} is outside the {len(names)} pairs "
@@ -203,13 +185,10 @@ def split_assignment(root: Path, names: Sequence[str], split_cfg: Any) -> dict[s
                 )
             out[split] = list(names[start:end])
     else:
-        ratio = [float(r) for r in split_cfg.ratio]
-        if len(ratio) != 3 or min(ratio) < 0 or not 0.99 <= sum(ratio) <= 1.01:
-            raise PetsegError(
-                f"data.split.ratio must be 3 fractions (train, valid, test) summing to 1, got {ratio}"
-            )
+        assert rule.ratio is not None
+        ratio = rule.ratio
         shuffled = list(names)
-        random.Random(int(split_cfg.seed)).shuffle(shuffled)
+        random.Random(rule.seed).shuffle(shuffled)
         # A split asked for gets at least one pair, so that a small folder still validates and tests.
         n_valid = max(1, round(ratio[1] * len(names))) if ratio[1] > 0 else 0
         n_test = max(1, round(ratio[2] * len(names))) if ratio[2] > 0 else 0

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from petseg.errors import PetsegError
+from petseg.data_settings import DataSettings, as_data_settings
 from petseg.sampler import EpochSampler, ShardSampler
 
 
@@ -42,7 +42,7 @@ def _pet_dataset(dataset: Any) -> Any:
 
 def build_dataloader(
     dataset: Dataset,
-    data_cfg: Any,
+    data: DataSettings | Any,
     train: bool,
     seed: int = 0,
     rank: int = 0,
@@ -58,13 +58,11 @@ def build_dataloader(
     Under DDP (``world_size`` > 1) each rank loads its shard: train, every world_size-th position of
     the same per-epoch permutation (equal lengths, so ranks step in lockstep); valid/test, every
     world_size-th image without padding, so summed metrics count each image exactly once.
-    """
 
-    batch_size, num_workers = int(data_cfg.batch_size), int(data_cfg.num_workers)
-    if batch_size < 1 or num_workers < 0:
-        raise PetsegError(
-            f"data.batch_size must be >= 1 and data.num_workers >= 0 (got {batch_size}, {num_workers})"
-        )
+    ``data``: data.batch_size and data.num_workers (a data config is read by data_settings first).
+    """
+    data = as_data_settings(data)
+    batch_size, num_workers = data.batch_size, data.num_workers
     # Seeds the workers' base seed (numpy/random in worker_init_fn) reproducibly.
     generator = torch.Generator()
     generator.manual_seed(seed)

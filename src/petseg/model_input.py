@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from petseg.data_settings import DataSettings, as_data_settings
 from petseg.runtime import Runtime
 
 
@@ -30,9 +31,12 @@ class ModelInput:
         self.std = torch.tensor(list(std), dtype=torch.float32).view(shape).to(runtime.device)
 
     @classmethod
-    def of(cls, data_cfg: Any, runtime: Runtime) -> ModelInput:
-        """The normalisation of a ``data`` config group (checked by checks.check_data_settings)."""
-        return cls(list(data_cfg.mean), list(data_cfg.std), runtime)
+    def of(cls, data: DataSettings | Any, runtime: Runtime) -> ModelInput:
+        """The normalisation of the data settings, data.mean and data.std (resolved; a data config is
+        read by data_settings first)."""
+        data = as_data_settings(data)
+        assert data.mean is not None and data.std is not None, "resolved data settings"
+        return cls(data.mean, data.std, runtime)
 
     def images(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 RGB (N, 3, H, W) -> normalised float32 on the device, in the model's memory format."""

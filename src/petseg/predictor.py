@@ -11,13 +11,14 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from petseg.checkpoint import model_from_checkpoint
-from petseg.checks import check_device, check_threshold
+from petseg.data_settings import data_settings
 from petseg.evaluation import predict_logits, resize_logits
 from petseg.images import read_image
 from petseg.model_input import ModelInput
 from petseg.runtime import Runtime, setup_runtime
 from petseg.transforms import build_transform
 from petseg.upgrade import upgrade_config
+from petseg.value_checks import check_device, check_threshold
 from utils import binarize
 
 
@@ -28,20 +29,22 @@ class Predictor:
         self, ckpt: dict[str, Any], device: str = "auto", threshold: float = 0.5, tta: bool = False
     ) -> None:
         self.config = upgrade_config(ckpt["config"])
+        self.data = data_settings(self.config.data)  # its preprocessing: image size, channels, mean/std
         check_threshold(threshold, "threshold")
         check_device(device, "device")
         trainer = OmegaConf.merge(self.config.trainer, {"device": device})
         self.runtime: Runtime = setup_runtime(trainer, device_key="device")
         self.model: nn.Module = self.runtime.prepare(model_from_checkpoint(ckpt)).eval()
-        self.image_size = int(self.config.data.image_size)
-        self.transform = build_transform(self.config.aug, self.image_size, train=False)
-        self.model_input = ModelInput.of(self.config.data, self.runtime)
+        self.image_size = self.data.image_size
+        self.transform = build_transform(None, self.image_size, train=False)  # never augmented
+        self.model_input = ModelInput.of(self.data, self.runtime)
         self.threshold = threshold
         self.tta = tta
 
     def read(self, path: Path) -> np.ndarray:
         """An image file decoded as this model's training images were (RGB, or grayscale)."""
-        return read_image(path, int(self.config.data.channels))
+        assert self.data.channels is not None, "a checkpoint's resolved data settings"
+        return read_image(path, self.data.channels)
 
     @torch.no_grad()
     def logits(self, image: np.ndarray) -> torch.Tensor:

@@ -21,6 +21,7 @@ from petseg.errors import USAGE_ERROR, PetsegError, TrainingDiverged
 from petseg.paths import project_path
 from petseg.resume import config_for_resume, resolve_resume, resume_trainer
 from petseg.run_objects import RunObjects
+from petseg.settings import RunSettings, run_settings
 from petseg.signals import StopSignals, TrainingInterrupted
 
 log = logging.getLogger("petseg.train")
@@ -37,8 +38,14 @@ def _describe(cfg: DictConfig, built: RunObjects, dist: DistInfo) -> str:
     )
 
 
-def fit(cfg: DictConfig, run_dir: str | Path, choices: Mapping[str, str] | None = None) -> float:
-    """Train as the config says, in ``run_dir``; returns the best validation Dice.
+def fit(
+    cfg: DictConfig,
+    run_dir: str | Path,
+    choices: Mapping[str, str] | None = None,
+    settings: RunSettings | None = None,
+) -> float:
+    """Train as the config says, in ``run_dir``; returns the best validation Dice. ``settings``: what
+    check_train_config read from ``cfg`` (read here when not given).
 
     Signal handling starts before the setup, so a Ctrl-C while data and model load also ends in a
     saved last.pth and the resume command rather than a traceback.
@@ -56,12 +63,13 @@ def fit(cfg: DictConfig, run_dir: str | Path, choices: Mapping[str, str] | None 
                 run_dir.mkdir(parents=True, exist_ok=True)
                 for leftover in remove_partial_writes(run_dir):
                     log.info("removed %s, left by a save that was killed", leftover.name)
-            built = build(cfg, dist)
+            settings = settings or run_settings(cfg)
+            built = build(cfg, dist, settings)
             # Only now: a run that build() rejects (no data, a bad setting) leaves no dir, so printing
             # one before would name a path that is gone by the time the error line follows.
             if dist.is_main:
                 log.info("run dir: %s", run_dir.resolve())
-            trainer = build_trainer(cfg, built, run_dir, dist, stop, dict(choices or {}))
+            trainer = build_trainer(cfg, built, run_dir, dist, stop, dict(choices or {}), settings)
             if cfg.trainer.resume:
                 resume_trainer(trainer, resolve_resume(cfg.trainer.resume), cfg)
             log.info("%s", _describe(cfg, built, dist))
@@ -79,9 +87,9 @@ def run_job(cfg: DictConfig, hydra_cfg: Any) -> float:
     try:
         if cfg.trainer.resume:
             cfg = config_for_resume(cfg, list(hydra_cfg.overrides.task))
-        check_train_config(cfg)
+        settings = check_train_config(cfg)
         choices = {g: str(o) for g, o in hydra_cfg.runtime.choices.items() if o and not g.startswith("hydra")}
-        return fit(cfg, run_dir, choices)
+        return fit(cfg, run_dir, choices, settings)
     except TrainingDiverged as err:
         if hydra_cfg.mode != RunMode.MULTIRUN:
             _end_with_error(err, run_dir, cfg.trainer.resume)

@@ -1,8 +1,10 @@
-"""Plain, typed settings that the training loop and its callbacks take instead of the config.
+"""Plain, typed settings that a training run's builders, its loop and its callbacks take instead of
+the config.
 
-``train_settings(cfg)`` reads the keys once, at the start (a wrong value is one PetsegError line); below
-it nothing reads YAML. Each field says which key it comes from; the key's default and its meaning are
-in the YAML (configs/trainer/default.yaml), not here.
+``run_settings(cfg)`` reads every group once, at the start, each by its one reader (``data_settings``,
+``train_settings``, ...; a wrong value is one PetsegError line); below it nothing reads YAML. Each
+field says which key it comes from; the key's default and its meaning are in the YAML
+(configs/<group>/*.yaml), not here.
 """
 
 from __future__ import annotations
@@ -12,7 +14,10 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from petseg.data_settings import DataSettings, data_settings
 from petseg.errors import PetsegError
+from petseg.transforms import AugSettings, aug_settings
+from petseg.value_checks import check_threshold, non_negative_int, optional_positive_int, positive
 
 
 @dataclass(frozen=True)
@@ -98,22 +103,40 @@ def size_schedule(value: Any, epochs: int, image_size: int) -> tuple[tuple[int, 
     return tuple(phases)
 
 
-def train_settings(cfg: DictConfig) -> TrainSettings:
-    """The training loop's settings from the composed config (after checks.check_train_config, which
-    checks the older trainer keys; the keys only this loop reads are checked here)."""
+def _check_loop_keys(cfg: DictConfig) -> None:
     trainer, ckpt = cfg.trainer, cfg.trainer.checkpoint
-    epochs, image_size = int(trainer.epochs), int(cfg.data.image_size)
+    positive(trainer.epochs, "trainer.epochs", int)
+    check_threshold(trainer.threshold, "trainer.threshold")
+    if trainer.grad_clip is not None:
+        positive(trainer.grad_clip, "trainer.grad_clip")
+    for key in ("limit_train_batches", "limit_val_batches"):
+        optional_positive_int(trainer[key], f"trainer.{key}")
+    optional_positive_int(ckpt.every_n_steps, "trainer.checkpoint.every_n_steps")
+    if ckpt.every_n_minutes is not None:
+        positive(ckpt.every_n_minutes, "trainer.checkpoint.every_n_minutes (or null)")
+    non_negative_int(trainer.overlays.count, "trainer.overlays.count")
+    non_negative_int(trainer.overlays.every_n_epochs or 0, "trainer.overlays.every_n_epochs")
+    if cfg.monitor not in ("val/dice", "val/dice_pooled"):
+        raise PetsegError(f"monitor must be val/dice or val/dice_pooled, got {cfg.monitor}")
+
+
+def train_settings(cfg: DictConfig, data: DataSettings) -> TrainSettings:
+    """The training loop's settings: the trainer keys it reads, ``monitor``, and from the data settings
+    the batch size, the final image size and the headline."""
+    _check_loop_keys(cfg)
+    trainer, ckpt = cfg.trainer, cfg.trainer.checkpoint
+    epochs, image_size = int(trainer.epochs), data.image_size
     limit_train, limit_val = trainer.limit_train_batches, trainer.limit_val_batches
     return TrainSettings(
         epochs=epochs,
-        batch_size=int(cfg.data.batch_size),
+        batch_size=data.batch_size,
         image_size=image_size,
         size_schedule=size_schedule(trainer.size_schedule, epochs, image_size),
         accumulate=_positive_int(trainer.accumulate, "trainer.accumulate"),
         grad_clip=None if trainer.grad_clip is None else float(trainer.grad_clip),
         threshold=float(trainer.threshold),
         monitor=str(cfg.monitor),
-        headline=str(cfg.data.headline),
+        headline=data.headline,
         limit_train_batches=None if limit_train is None else int(limit_train),
         limit_val_batches=None if limit_val is None else int(limit_val),
         overlay_every=int(trainer.overlays.every_n_epochs or 0),
@@ -123,3 +146,18 @@ def train_settings(cfg: DictConfig) -> TrainSettings:
         save_every_n_steps=int(ckpt.every_n_steps or 0),
         save_every_n_minutes=float(ckpt.every_n_minutes or 0),
     )
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Every group's settings of one training run, each read once by its reader (run_settings)."""
+
+    data: DataSettings  # the data group; a folder's channels/mean/std still 'auto'/null (build resolves)
+    aug: AugSettings  # the aug group
+    train: TrainSettings  # the loop's trainer keys
+
+
+def run_settings(cfg: DictConfig) -> RunSettings:
+    """The composed training config's groups as typed settings, each checked (a PetsegError line)."""
+    data = data_settings(cfg.data)
+    return RunSettings(data=data, aug=aug_settings(cfg.aug), train=train_settings(cfg, data))

@@ -1,12 +1,14 @@
-"""Transforms from the `aug` config group: ``build_transform`` composes the augmentation list (train
-only) with the final resize. Images stay uint8 (normalising is petseg.model_input's job, on the
-device); masks are always resampled by nearest neighbour, centre-aligned.
+"""Transforms from the `aug` config group: ``aug_settings(cfg.aug)`` reads the group once;
+``build_transform`` composes its augmentation list (train only) with the final resize. Images stay
+uint8 (normalising is petseg.model_input's job, on the device); masks are always resampled by nearest
+neighbour, centre-aligned.
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import albumentations as A
@@ -39,37 +41,52 @@ def resize_transform(image_size: int) -> A.Resize:
     )
 
 
-def _aug_get(aug_cfg: Any, key: str) -> Any:
-    if aug_cfg is None:
-        return None
-    try:
-        return aug_cfg.get(key)
-    except AttributeError as e:
-        raise PetsegError(
-            f"aug config must be a mapping with a 'train' list, got {type(aug_cfg).__name__}"
-        ) from e
+@dataclass(frozen=True)
+class AugSettings:
+    """The aug group (configs/aug/*.yaml) as aug_settings read it."""
+
+    name: str  # aug.name ('?' in messages for a hand-made config without one)
+    train: tuple[dict[str, Any], ...]  # aug.train: mappings naming a _target_, as plain dicts
 
 
-def build_train_transforms(aug_cfg: Any) -> list[Any]:
-    """Instantiate the ``train`` list of an aug config (each entry a ``_target_`` dict) and check it.
+def aug_settings(aug_cfg: Any) -> AugSettings:
+    """The aug group (a DictConfig or a plain mapping) as AugSettings, read once: a mapping whose
+    ``train`` is a list (null: empty) of mappings with a ``_target_``. What they build is checked by
+    build_train_transforms, where they are built."""
+    if not isinstance(aug_cfg, Mapping | DictConfig):
+        raise PetsegError(f"aug config must be a mapping with a 'train' list, got {type(aug_cfg).__name__}")
+    name = aug_cfg.get("name") or "?"
+    entries = aug_cfg.get("train")
+    if entries is None:
+        entries = []
+    if not isinstance(entries, list | tuple | ListConfig):
+        raise PetsegError(f"aug '{name}': 'train' must be a list of transforms, got {type(entries).__name__}")
+    plain = [OmegaConf.to_container(e, resolve=True) if OmegaConf.is_config(e) else e for e in entries]
+    for i, entry in enumerate(plain):
+        if not isinstance(entry, Mapping) or "_target_" not in entry:
+            raise PetsegError(f"aug '{name}': train[{i}] must be a mapping with a _target_, got {entry!r}")
+    return AugSettings(str(name), tuple(dict(entry) for entry in plain))
+
+
+def as_aug_settings(aug: AugSettings | Any) -> AugSettings | None:
+    """``aug`` itself, None (no augmentation), or an aug config (benchmarks/, tests) read by
+    aug_settings."""
+    return aug if aug is None or isinstance(aug, AugSettings) else aug_settings(aug)
+
+
+def build_train_transforms(aug: AugSettings | Any) -> list[Any]:
+    """Instantiate the aug settings' ``train`` list (an aug config is read by aug_settings first) and
+    check what it built.
 
     Checks, because a wrong entry would silently corrupt labels: every entry is an albumentations
     transform, and every transform that resamples masks does it by nearest neighbour.
     """
-    entries = _aug_get(aug_cfg, "train")
-    name = _aug_get(aug_cfg, "name") or "?"
-    if entries is None:
+    settings = as_aug_settings(aug)
+    if settings is None:
         return []
-    if isinstance(entries, ListConfig):
-        entries = OmegaConf.to_container(entries, resolve=True)
-    if not isinstance(entries, list):
-        raise PetsegError(f"aug '{name}': 'train' must be a list of transforms, got {type(entries).__name__}")
+    name = settings.name
     transforms = []
-    for i, entry in enumerate(entries):
-        if isinstance(entry, DictConfig):
-            entry = OmegaConf.to_container(entry, resolve=True)
-        if not isinstance(entry, Mapping) or "_target_" not in entry:
-            raise PetsegError(f"aug '{name}': train[{i}] must be a mapping with a _target_, got {entry!r}")
+    for i, entry in enumerate(settings.train):
         try:
             # _convert_="all": albumentations' pydantic checks want plain lists/dicts, not OmegaConf nodes.
             t = instantiate(dict(entry), _convert_="all")
@@ -116,23 +133,18 @@ def _walk(transform: Any) -> list[Any]:
     return parts
 
 
-def build_transform(aug_cfg: Any, image_size: int, train: bool) -> A.Compose:
-    """Compose of the aug config's ``train`` list (only when ``train``) followed by the final resize.
+def build_transform(aug: AugSettings | Any, image_size: int, train: bool) -> A.Compose:
+    """Compose of the aug settings' ``train`` list (only when ``train``; None: no augmentation; an aug
+    config is read by aug_settings first) followed by the final resize to ``image_size``
+    (data.image_size or data.crop, checked by data_settings).
 
     Valid/test never get augmentation, whatever the config says. Geometric transforms are albumentations
     DualTransforms, which move image and mask together when called with ``image=..., mask=...``;
     photometric ones (ImageOnlyTransform) leave the mask alone. The resize comes last so each image is
     resampled once, at the end, after cropping/affine.
     """
-    image_size = check_image_size(image_size)
-    transforms = build_train_transforms(aug_cfg) if train else []
+    transforms = build_train_transforms(aug) if train else []
     return A.Compose([*transforms, resize_transform(image_size)])
-
-
-def check_image_size(image_size: Any) -> int:
-    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 8:
-        raise PetsegError(f"data.image_size must be an integer >= 8, got {image_size!r}")
-    return image_size
 
 
 def seed_transform(transform: Any, seed: int) -> None:
