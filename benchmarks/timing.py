@@ -30,7 +30,7 @@ if sys.path[:1] != [str(ROOT / "src")]:
 from models import build_model  # noqa: E402
 from petseg.build import build_loss, build_optimizer, trainer_for_step  # noqa: E402
 from petseg.model_input import ModelInput  # noqa: E402
-from petseg.runtime import Runtime  # noqa: E402
+from petseg.runtime import Runtime, cpu_bf16_units, cpu_has_avx512  # noqa: E402
 from petseg.trainer import Trainer  # noqa: E402
 
 CLOCKS = ("wall", "cpu")
@@ -186,17 +186,18 @@ def _cpu_model() -> str:
 def cpu_description() -> str:
     """'<lscpu model name>, <AMX | AVX512-BF16, no AMX | AVX-512 without BF16 | AVX2-only>, N cores':
     which CPU a table came from, and whether it has the bf16 units trainer.amp=auto uses."""
-    amx = torch.cpu._is_amx_tile_supported()
+    # The same tests trainer.amp/channels_last=auto make (petseg.runtime), so a table names the CPU
+    # kind whose defaults it measured; the flags only add AVX-512/AVX2 where torch's kernels lack them.
+    amx = cpu_bf16_units() == "AMX"
     bf16 = torch.cpu._is_avx512_bf16_supported()
     flags = _cpu_flags()
-    capability = torch.backends.cpu.get_cpu_capability()  # "AVX512", "AVX2", "DEFAULT", ...
     if amx:
         units = "AMX" + (" + AVX512-BF16" if bf16 else "")
     elif bf16:
         units = "AVX512-BF16, no AMX"
-    elif "avx512f" in flags or capability.startswith("AVX512"):
+    elif "avx512f" in flags or cpu_has_avx512():
         units = "AVX-512 without BF16, no AMX"
-    elif "avx2" in flags or capability == "AVX2":
+    elif "avx2" in flags or torch.backends.cpu.get_cpu_capability() == "AVX2":
         units = "AVX2-only (no AVX-512, no AMX)"
     else:
         units = "no AVX2"
