@@ -6,7 +6,7 @@ Dataset around it, and the optional reference network, segmentation_models_pytor
   run by ``plain_loop``.
 * ``plain_loop``: time_to_dice.py's ``plain`` leg (also seconds_per_batch.py's ``plain`` row): fp32,
   default memory format, ``torch.optim.AdamW``, ``PlainPetFiles`` decoding with PIL in 2 DataLoader
-  workers, on resnet34_unet with the ``cpu_resnet34_unet`` recipe's settings.
+  workers, on resnet34_unet with the ``cpu_resnet34_unet_50ep`` recipe's settings.
 * ``import_smp`` / ``smp_unet`` / ``drop_unusable_smp``: the optional reference and the one message
   that says how to install it.
 
@@ -49,7 +49,7 @@ from petseg.evaluation import ReferenceTargets, evaluate  # noqa: E402
 from petseg.runtime import Runtime  # noqa: E402
 from petseg.transforms import build_transform  # noqa: E402
 
-PLAIN_RECIPE = "cpu_resnet34_unet"  # the plain loop: resnet34_unet with the 50-epoch recipe's settings
+PLAIN_RECIPE = "cpu_resnet34_unet_50ep"  # the plain loop: resnet34_unet with the 50-epoch recipe's settings
 PLAIN_WORKERS = 2
 SMP = "smp_unet_resnet34"
 # Word for word requirements-bench.txt's own instruction: a plain `pip install -r` swaps the pinned

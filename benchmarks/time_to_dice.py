@@ -9,10 +9,11 @@ Legs (``--legs``), each in its own process, one after the other, each in ``<--ou
   trainer.checkpoint.export_dir=null hydra.run.dir=<leg dir> experiment=<name>`` plus ``--overrides``
   and the leg's own overrides: a leg may be quoted with train.py overrides after its name, e.g.
   ``"experiment=cpu_resnet34_unet trainer.amp=off trainer.channels_last=false"``. The recipes are
-  configs/experiment/*.yaml (``cpu_resnet34_unet``, ``cpu_unet``, ...). Its val Dice per epoch is read
-  from the run's TensorBoard log (tag ``val/dice``), with the event's wall time.
+  configs/experiment/*.yaml (``cpu_resnet34_unet``, ``cpu_resnet34_unet_50ep``, ``cpu_unet``, ...).
+  Its val Dice per epoch is read from the run's TensorBoard log (tag ``val/dice``), with the event's
+  wall time.
 * ``plain``: benchmarks/plain.py's ``plain_loop`` (in a process of this file with ``--_plain``) on
-  resnet34_unet with the ``cpu_resnet34_unet`` recipe's size, batch, lr, weight decay, warm-up and
+  resnet34_unet with the ``cpu_resnet34_unet_50ep`` recipe's size, batch, lr, weight decay, warm-up and
   epochs: fp32, default memory format, ``torch.optim.AdamW``, a Dataset (``plain.PlainPetFiles``) that
   decodes with PIL and applies the same albumentations pipeline in 2 DataLoader workers, shuffled by a
   seeded generator; the same network, loss (BCE + Dice), grad clipping (1.0), warm-up + cosine schedule
@@ -29,7 +30,7 @@ Markdown table (``time_to_dice.md``), ``time_to_dice.json``, a plot of val Dice 
 (``time_to_dice.png``, if matplotlib is importable) under ``--out``, and one JSON line per leg.
 
     .venv/bin/python benchmarks/time_to_dice.py --root ../shared/data/oxford-iiit-pet \\
-        --legs experiment=cpu_resnet34_unet experiment=cpu_unet plain
+        --legs experiment=cpu_resnet34_unet_50ep experiment=cpu_resnet34_unet plain
 """
 
 from __future__ import annotations
@@ -395,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--legs",
         nargs="+",
-        default=[f"experiment={PLAIN_RECIPE}", "experiment=cpu_resnet34_unet_fast", PLAIN],
+        default=[f"experiment={PLAIN_RECIPE}", "experiment=cpu_resnet34_unet", PLAIN],
         help="plain, or experiment=<name> [train.py overrides] (quoted, space-separated)",
     )
     parser.add_argument(

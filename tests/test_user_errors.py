@@ -155,7 +155,8 @@ CONFIG_MISTAKES = {
     "loss=focal": "unknown loss 'focal' (loss=focal); valid: bce, bce_dice, dice",
     "aug=heavy": "unknown augmentation 'heavy' (aug=heavy); valid: default, em, none, strong",
     "experiment=nope": (
-        "unknown experiment 'nope' (experiment=nope); valid: cpu_resnet34_unet, cpu_resnet34_unet_fast"
+        "unknown experiment 'nope' (experiment=nope); "
+        "valid: cpu_resnet34_unet, cpu_resnet34_unet_50ep, cpu_unet, cpu_unet_36ep"
     ),
     "model.name=vit": "unknown model 'vit'; valid: resnet34_unet, unet",
     "optim._target_=torch.optim.Adamm": "optim: cannot build torch.optim.Adamm",
