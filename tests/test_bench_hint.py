@@ -7,6 +7,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from helpers import ROOT
 
 # Hides the reference package whether or not it is installed: its import then fails like a missing one.
@@ -17,6 +19,7 @@ WITHOUT_SMP = (
 )
 
 
+@pytest.mark.slow  # a subprocess of a real command
 def test_models_benchmark_prints_the_requirements_files_own_install_command():
     text = (ROOT / "requirements-bench.txt").read_text()
     (required,) = re.findall(r"^# Install WITH --no-deps:\s+(.+?)\s*$", text, re.MULTILINE)

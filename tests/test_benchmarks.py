@@ -336,6 +336,7 @@ def test_crowded_machine(tmp_path: Path):
     assert number(crowded[4]) == pytest.approx(number(crowded[2]) / 2.0, abs=0.01)
 
 
+@pytest.mark.slow  # a subprocess of a real command
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="a CUDA machine runs the real check")
 def test_gpu_check_without_cuda_says_so_in_one_line_and_exits_2(tmp_path: Path):
     done = subprocess.run(
@@ -351,6 +352,7 @@ def test_gpu_check_without_cuda_says_so_in_one_line_and_exits_2(tmp_path: Path):
     assert done.stdout == ""
 
 
+@pytest.mark.slow  # a subprocess of a real command
 def test_scripts_find_the_model_registry_when_src_is_already_on_the_path():
     # With src/ on PYTHONPATH (behind the script's own folder), benchmarks/models.py once shadowed
     # src/models and every script that imports timing.py died at start-up (seen in a clean-clone CI).

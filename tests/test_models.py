@@ -286,6 +286,7 @@ def test_no_forbidden_imports_in_src() -> None:
     assert [hit for path in files for hit in _forbidden_imports(path)] == []
 
 
+@pytest.mark.slow  # a subprocess of a real command
 def test_importing_models_loads_no_forbidden_package() -> None:
     code = (
         "import sys, models; "

@@ -320,6 +320,7 @@ def _run_cli(*args: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow  # a subprocess of a real command
 def test_cli_summary_on_sample(sample_root: Path) -> None:
     result = _run_cli(f"root={sample_root}")
     assert result.returncode == 0, result.stderr
@@ -356,6 +357,7 @@ def test_cli_help(capsys: pytest.CaptureFixture) -> None:
     assert e.value.code == 0 and "verify=false" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # a subprocess of a real command
 def test_cli_on_shared_partial_copy(shared_root: Path) -> None:
     result = _run_cli(f"root={shared_root}")
     assert result.returncode == 0, result.stderr
@@ -363,6 +365,7 @@ def test_cli_on_shared_partial_copy(shared_root: Path) -> None:
     assert "train      1428     3312" in result.stdout
 
 
+@pytest.mark.slow  # a subprocess of a real command
 def test_cli_nonexistent_root_is_one_line_exit_2(tmp_path: Path) -> None:
     result = _run_cli(f"root={tmp_path / 'nowhere'}")
     assert result.returncode == 2

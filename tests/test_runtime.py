@@ -140,6 +140,7 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
 
+@pytest.mark.slow  # a fresh process per mode
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc tuning is Linux-only")
 def test_retained_memory_stops_refaulting_freed_blocks() -> None:
     """What trainer.retain_host_memory buys: a freed big block is reused instead of being unmapped and

@@ -386,6 +386,7 @@ HELP_LINES = {
 }
 
 
+@pytest.mark.slow  # a subprocess of a real command
 @pytest.mark.parametrize("command", list(HELP_LINES))
 def test_help_lists_every_key_with_its_default_and_meaning(command: str) -> None:
     result = subprocess.run(
