@@ -38,6 +38,7 @@ NUMBER = r"-?\d+(?:\.\d+)?"
 SMOKED = {  # script -> the test below that runs it
     "busy_machine.py": "test_busy_machine",
     "crowded_machine.py": "test_crowded_machine",
+    "independent_dice.py": "test_independent_dice",
     "loader.py": "test_loader",
     "models.py": "test_models",
     "seconds_per_batch.py": "test_seconds_per_batch",
@@ -217,6 +218,39 @@ def test_loader(tmp_path: Path):
     for mode in ("false", "true"):
         assert number(table_row(out, mode)[1]) > 0
     assert any((tmp_path / "cache").iterdir())
+
+
+def test_independent_dice_counts_an_image_with_no_pet_predicted_or_true_as_perfect():
+    dice = bench_import("independent_dice").dice
+    empty = np.zeros((4, 4), dtype=bool)
+    half = np.zeros((4, 4), dtype=bool)
+    half[:2] = True
+    assert dice(empty, empty) == 1.0 and dice(half, empty) == 0.0
+    assert dice(half, half) == 1.0 and dice(half, np.ones((4, 4), dtype=bool)) == pytest.approx(2 * 8 / 24)
+
+
+@pytest.mark.slow
+def test_independent_dice(tmp_path: Path):
+    """The second implementation of the protocol agrees with src/evaluate.py's dice_256 on the sample's
+    five test pairs, for a shipped checkpoint (they differ only in how the input is shrunk: PIL bilinear
+    here, area there)."""
+    checkpoint = ROOT / "saved_models" / "resnet34_unet.pth"
+    out = run_bench(
+        "independent_dice.py", "--root", str(SAMPLE_ROOT), "--checkpoint", str(checkpoint), tmp=tmp_path
+    )
+    ours = json.loads(out.stdout.splitlines()[-1])
+    assert ours["images"] == 5 and ours["missing"] == 0
+    metrics = tmp_path / "metrics.json"
+    evaluate = [sys.executable, str(ROOT / "src" / "evaluate.py"), f"checkpoint={checkpoint}", "split=test"]
+    evaluate += [
+        f"data.root={SAMPLE_ROOT}",
+        "data.num_workers=0",
+        f"data.cache_dir={tmp_path}",
+        f"output={metrics}",
+    ]
+    subprocess.run(evaluate, cwd=tmp_path, check=True, capture_output=True, timeout=300)
+    theirs = json.loads(metrics.read_text())
+    assert ours["dice_256"] == pytest.approx(theirs["dice_256"]["mean"], abs=0.02)
 
 
 @pytest.mark.slow
