@@ -57,7 +57,7 @@ def test_the_no_ema_score_and_overlays_come_on_report_epochs_only() -> None:
 
 
 def test_trainer_ema_key_is_checked() -> None:
-    from petseg.ema import check_decay
+    from petseg.value_checks import check_decay
 
     assert check_decay(None) is None and check_decay(0.999) == 0.999
     for bad in (1, 0, 1.5, "yes", True):

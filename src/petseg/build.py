@@ -25,7 +25,7 @@ from petseg.callbacks import ExportBest, MidEpochSave, TensorBoardLog, ThreadTun
 from petseg.data_settings import DataSettings
 from petseg.datasets import SegmentationDataset, build_dataset, resolve_data
 from petseg.distributed import SINGLE, DistInfo, wrap_model
-from petseg.ema import EMA, check_decay
+from petseg.ema import EMA
 from petseg.errors import PetsegError
 from petseg.loaders import build_dataloader
 from petseg.model_input import ModelInput
@@ -187,17 +187,17 @@ def build_trainer(
 ) -> Trainer:
     """The Trainer of ``built`` with its settings and callbacks, as ``cfg`` says (its settings
     ``run``, read by ``run_settings(cfg)`` unless given)."""
-    settings = (run or run_settings(cfg)).train
+    run = run or run_settings(cfg)
+    settings = run.train
     run_dir = Path(run_dir)
     callbacks: list = [TensorBoardLog(run_dir, cfg, dict(choices or {}))]
     if built.thread_tuner is not None:
         callbacks.append(ThreadTuning(built.thread_tuner))
-    decay = check_decay(cfg.trainer.ema)
-    if decay is not None:
-        callbacks.append(EMA(built.model, decay))  # before the saves below: they save its update
+    if settings.ema is not None:
+        callbacks.append(EMA(built.model, settings.ema))  # before the saves below: they save its update
     if settings.save_every_n_steps or settings.save_every_n_minutes:
         callbacks.append(MidEpochSave(settings.save_every_n_steps, settings.save_every_n_minutes))
-    callbacks.append(ExportBest(run_dir, cfg))
+    callbacks.append(ExportBest(run_dir, run.export))
     config = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(config, dict)
     return Trainer(built, settings, run_dir, config, dist, stop, callbacks, choices)

@@ -18,7 +18,7 @@ from typing import Any
 from omegaconf import DictConfig
 from torch.utils.tensorboard import SummaryWriter
 
-from petseg.checkpoint import export_best
+from petseg.checkpoint import ExportSettings, export_best
 from petseg.pictures import comparison_rows
 from petseg.tb import write_epoch, write_hparams_start, write_run_end
 from petseg.thread_tuner import ThreadTuner
@@ -112,14 +112,14 @@ class MidEpochSave(Callback):
 class ExportBest(Callback):
     """At the end, the best weights to ``<trainer.checkpoint.export_dir>/<model>.pth`` (rank 0)."""
 
-    def __init__(self, run_dir: Path, cfg: DictConfig) -> None:
-        self.run_dir, self.cfg = Path(run_dir), cfg
+    def __init__(self, run_dir: Path, export: ExportSettings) -> None:
+        self.run_dir, self.export = Path(run_dir), export
 
     def after_fit(self, trainer: TrainerView, seconds: float) -> None:
         if not trainer.dist.is_main:
             return
         progress = trainer.progress
-        exported = export_best(self.run_dir, self.cfg, progress.best_metric, progress.best_epoch)
+        exported = export_best(self.run_dir, self.export, progress.best_metric, progress.best_epoch)
         saved = [self.run_dir / n for n in ("best.pth", "last.pth") if (self.run_dir / n).is_file()]
         log.info("checkpoints: %s", ", ".join(map(str, [*saved, *([exported] if exported else [])])))
 

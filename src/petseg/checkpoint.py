@@ -15,11 +15,12 @@ import secrets
 import warnings
 import zipfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 from torch import nn
 
 from models import build_model
@@ -268,32 +269,41 @@ def evaluation_state(ckpt: dict[str, Any]) -> dict[str, Any]:
     return {k: ckpt[k] for k in EVALUATION_KEYS if k in ckpt}
 
 
-def export_best(run_dir: Path, cfg: DictConfig, best_metric: float, best_epoch: int) -> Path | None:
-    """Copy the weights of ``run_dir/best.pth`` to ``<trainer.checkpoint.export_dir>/<model name>.pth``
-    (fp16 if half_precision_export); the path, or None when nothing was exported: export off, a smoke
-    run (trainer.limit_*), a multirun unless export_in_multirun, no best.pth, or a file already there
-    that this command did not ask to replace (trainer.checkpoint.overwrite=true): a user's model is
-    never replaced silently."""
-    ckpt_cfg = cfg.trainer.checkpoint
+@dataclass(frozen=True)
+class ExportSettings:
+    """Where and how the best weights are exported at the end (settings.export_settings reads them)."""
+
+    export_dir: str | None  # trainer.checkpoint.export_dir (null: no export)
+    name: str  # trainer.checkpoint.export_name, else <model.name>.pth
+    overwrite: bool = False  # trainer.checkpoint.overwrite
+    half: bool = False  # trainer.checkpoint.half_precision_export
+    in_multirun: bool = False  # trainer.checkpoint.export_in_multirun
+    smoke: bool = False  # trainer.limit_train_batches or limit_val_batches set: a smoke run
+
+
+def export_best(run_dir: Path, export: ExportSettings, best_metric: float, best_epoch: int) -> Path | None:
+    """Copy the weights of ``run_dir/best.pth`` to ``<export_dir>/<name>`` (fp16 if ``half``); the
+    path, or None when nothing was exported: export off, a smoke run (trainer.limit_*), a multirun
+    unless export_in_multirun, no best.pth, or a file already there that this command did not ask to
+    replace (trainer.checkpoint.overwrite=true): a user's model is never replaced silently."""
     best = run_dir / "best.pth"
-    if not ckpt_cfg.export_dir or not best.is_file():
+    if not export.export_dir or not best.is_file():
         return None
-    if cfg.trainer.limit_train_batches is not None or cfg.trainer.limit_val_batches is not None:
+    if export.smoke:
         log.info(
             "smoke run (trainer.limit_*): not exported to %s; the best weights are %s",
-            ckpt_cfg.export_dir,
+            export.export_dir,
             best,
         )
         return None
-    if is_multirun() and not ckpt_cfg.export_in_multirun:
+    if is_multirun() and not export.in_multirun:
         log.info(
             "multirun: not exporting to %s (set trainer.checkpoint.export_in_multirun=true)",
-            ckpt_cfg.export_dir,
+            export.export_dir,
         )
         return None
-    name = ckpt_cfg.export_name or f"{cfg.model.name}.pth"
-    target = project_path(ckpt_cfg.export_dir) / name  # the project's saved_models/
-    if target.exists() and not ckpt_cfg.overwrite:
+    target = project_path(export.export_dir) / export.name  # the project's saved_models/
+    if target.exists() and not export.overwrite:
         log.warning(
             "%s already exists and was kept; this run's best weights (val Dice %.4f) are %s. To replace "
             "it, copy that file there or train with trainer.checkpoint.overwrite=true",
@@ -302,6 +312,6 @@ def export_best(run_dir: Path, cfg: DictConfig, best_metric: float, best_epoch: 
             best,
         )
         return None
-    export_weights(load_checkpoint(best), target, half=bool(ckpt_cfg.half_precision_export))
+    export_weights(load_checkpoint(best), target, half=export.half)
     log.info("best weights (val Dice %.4f, epoch %d) exported to %s", best_metric, best_epoch, target)
     return target

@@ -17,17 +17,7 @@ import torch
 from torch import nn
 
 from petseg.callbacks import Callback
-from petseg.errors import PetsegError
 from petseg.trainer_view import TrainerView
-
-
-def check_decay(value: Any) -> float | None:
-    """trainer.ema: null (off) or a decay strictly between 0 and 1."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1:
-        raise PetsegError(f"trainer.ema={value!r} must be null (off) or a decay between 0 and 1, e.g. 0.999")
-    return float(value)
 
 
 class EMA(Callback):

@@ -14,10 +14,17 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from petseg.checkpoint import ExportSettings
 from petseg.data_settings import DataSettings, data_settings
 from petseg.errors import PetsegError
 from petseg.transforms import AugSettings, aug_settings
-from petseg.value_checks import check_threshold, non_negative_int, optional_positive_int, positive
+from petseg.value_checks import (
+    check_decay,
+    check_threshold,
+    non_negative_int,
+    optional_positive_int,
+    positive,
+)
 
 
 @dataclass(frozen=True)
@@ -40,6 +47,7 @@ class TrainSettings:
     save_best: bool = True  # trainer.checkpoint.save_best
     save_every_n_steps: int = 0  # trainer.checkpoint.every_n_steps (0: off)
     save_every_n_minutes: float = 0.0  # trainer.checkpoint.every_n_minutes (0: off)
+    ema: float | None = None  # trainer.ema: the decay of the weights' moving average (None: off)
 
     def size_at(self, epoch: int) -> int:
         """The training image size of epoch ``epoch`` (0-based)."""
@@ -145,6 +153,7 @@ def train_settings(cfg: DictConfig, data: DataSettings) -> TrainSettings:
         save_best=bool(ckpt.save_best),
         save_every_n_steps=int(ckpt.every_n_steps or 0),
         save_every_n_minutes=float(ckpt.every_n_minutes or 0),
+        ema=check_decay(trainer.ema),
     )
 
 
@@ -155,9 +164,25 @@ class RunSettings:
     data: DataSettings  # the data group; a folder's channels/mean/std still 'auto'/null (build resolves)
     aug: AugSettings  # the aug group
     train: TrainSettings  # the loop's trainer keys
+    export: ExportSettings  # trainer.checkpoint's export keys
+
+
+def export_settings(cfg: DictConfig) -> ExportSettings:
+    """trainer.checkpoint's export keys, and whether this is a smoke run that must not export."""
+    trainer, ckpt = cfg.trainer, cfg.trainer.checkpoint
+    return ExportSettings(
+        export_dir=None if not ckpt.export_dir else str(ckpt.export_dir),
+        name=str(ckpt.export_name or f"{cfg.model.name}.pth"),
+        overwrite=bool(ckpt.overwrite),
+        half=bool(ckpt.half_precision_export),
+        in_multirun=bool(ckpt.export_in_multirun),
+        smoke=trainer.limit_train_batches is not None or trainer.limit_val_batches is not None,
+    )
 
 
 def run_settings(cfg: DictConfig) -> RunSettings:
     """The composed training config's groups as typed settings, each checked (a PetsegError line)."""
     data = data_settings(cfg.data)
-    return RunSettings(data=data, aug=aug_settings(cfg.aug), train=train_settings(cfg, data))
+    return RunSettings(
+        data=data, aug=aug_settings(cfg.aug), train=train_settings(cfg, data), export=export_settings(cfg)
+    )

@@ -4,6 +4,8 @@ naming the key, the bad value and what would be valid."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from petseg.errors import PetsegError
@@ -59,3 +61,12 @@ def check_device(value: object, key: str) -> str:
                 f"{key}={value} is not a device; use auto, cpu, cuda, cuda:<index> or mps"
             ) from None
     return str(value)
+
+
+def check_decay(value: Any) -> float | None:
+    """trainer.ema: null (off) or a decay strictly between 0 and 1."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1:
+        raise PetsegError(f"trainer.ema={value!r} must be null (off) or a decay between 0 and 1, e.g. 0.999")
+    return float(value)
