@@ -71,7 +71,7 @@ sys.path.insert(0, str(REPO / "src"))
 from petseg.build import build_loss  # noqa: E402  (src/ on sys.path first)
 from petseg.model_input import ModelInput  # noqa: E402
 from petseg.optim import FUSED_ADAMW_DEVICES  # noqa: E402
-from petseg.runtime import Runtime, setup_runtime  # noqa: E402
+from petseg.runtime import Runtime, resolve_device, setup_runtime  # noqa: E402
 from petseg.trainer import Trainer  # noqa: E402
 from plain import SMP, drop_unusable_smp, plain_train_step, smp_unet  # noqa: E402
 from timing import (  # noqa: E402
@@ -84,7 +84,6 @@ from timing import (  # noqa: E402
     synthetic_batch,
     time_steps,
 )
-from utils import resolve_device  # noqa: E402
 
 OURS = ("unet", "resnet34_unet")
 SMP_RUNTIME = "smp_runtime"

@@ -1,4 +1,4 @@
-"""Small shared pieces: the one Dice implementation, seeding and random states, devices.
+"""Small shared pieces: the one Dice implementation, seeding and random states.
 
 Dice is defined once here and used by training, validation, evaluation and inference, so every number
 the project prints means the same thing.
@@ -132,14 +132,3 @@ def restore_rng(state: dict[str, Any]) -> None:
             cuda = cuda[torch.cuda.current_device()] if torch.cuda.current_device() < len(cuda) else None
         if cuda is not None:
             torch.cuda.set_rng_state(cuda)
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """'auto' picks CUDA, then Apple MPS, then CPU; any other value is passed to torch.device."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    return torch.device(name)

@@ -12,8 +12,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from helpers import ROOT
 from petseg import runtime
+from petseg.distributed import DistInfo
 from petseg.errors import PetsegError
-from petseg.runtime import Runtime, setup_runtime
+from petseg.runtime import Runtime, resolve_device, setup_runtime
 
 
 def trainer_cfg(**overrides: object) -> DictConfig:
@@ -186,3 +187,12 @@ def test_fused_adamw_typo_is_a_user_error() -> None:
     cfg = OmegaConf.merge(OmegaConf.load(ROOT / "configs" / "optim" / "adamw.yaml"), {"fused": "yes"})
     with pytest.raises(PetsegError, match="optim.fused='yes'"):
         build_optimizer(cfg, torch.nn.Linear(3, 2), torch.device("cpu"))
+
+
+def test_resolve_device_gives_each_ddp_rank_its_own_gpu_and_shares_the_cpu() -> None:
+    rank_1 = DistInfo(rank=1, world_size=2, local_rank=1)
+    assert resolve_device("cuda", rank_1) == torch.device("cuda", 1)
+    assert resolve_device("cpu", rank_1) == torch.device("cpu")
+    assert resolve_device("cuda") == torch.device("cuda")
+    if not torch.backends.mps.is_available():
+        assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")

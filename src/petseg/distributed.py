@@ -72,19 +72,12 @@ def init_distributed() -> DistInfo:
 def _export_slurm_rendezvous() -> None:
     """SLURM tasks (submitit's launcher, srun) know their rank but not where rank 0 listens: submitit
     derives MASTER_ADDR (the job's first host) and MASTER_PORT (from the job id) the same way in every
-    task. All GPUs stay visible, as device_for() picks cuda:<local rank>."""
+    task. All GPUs stay visible, as runtime.resolve_device picks cuda:<local rank>."""
     try:
         from submitit.helpers import TorchDistributedEnvironment
     except ImportError:
         return  # init_process_group then names the missing MASTER_ADDR itself
     TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
-
-
-def device_for(info: DistInfo, device: torch.device) -> torch.device:
-    """Each rank owns one GPU (its local rank); on CPU all ranks share the CPU."""
-    if info.enabled and device.type == "cuda":
-        return torch.device("cuda", info.local_rank)
-    return device
 
 
 def wrap_model(model: nn.Module, info: DistInfo) -> nn.Module:

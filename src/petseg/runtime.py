@@ -12,9 +12,8 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from petseg.distributed import SINGLE, DistInfo, device_for
+from petseg.distributed import SINGLE, DistInfo
 from petseg.errors import PetsegError
-from utils import resolve_device
 
 AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -124,13 +123,31 @@ class Runtime:
         return torch.compile(model) if self.compile else model
 
 
+def resolve_device(name: str = "auto", dist: DistInfo = SINGLE) -> torch.device:
+    """The one device resolution: 'auto' picks CUDA, then Apple MPS, then CPU; any other value is
+    passed to torch.device. Under DDP each rank owns one GPU (its local rank); on CPU all ranks share
+    the CPU."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            device = torch.device("cuda")
+        elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            device = torch.device("mps")
+        else:
+            device = torch.device("cpu")
+    else:
+        device = torch.device(name)
+    if dist.enabled and device.type == "cuda":
+        return torch.device("cuda", dist.local_rank)
+    return device
+
+
 def setup_runtime(
     trainer: DictConfig, dist: DistInfo = SINGLE, device_key: str = "trainer.device"
 ) -> Runtime:
     """Resolve the 'auto' settings of the trainer group into concrete choices for this machine (and,
     under DDP, this rank: its own GPU), and apply the process-wide ones: torch's thread count, malloc's
     retention of freed memory, cuDNN's autotuner."""
-    device = device_for(dist, resolve_device(str(trainer.device)))
+    device = resolve_device(str(trainer.device), dist)
     if trainer.threads not in (None, "auto"):  # auto: all cores, tuned by thread_tuner in training
         torch.set_num_threads(int(trainer.threads))
     if device.type == "cuda" and not torch.cuda.is_available():
