@@ -68,7 +68,10 @@ def test_bad_checkpoints_through_evaluate_inference_and_resume(tmp_path: Path):
     image = SAMPLE_ROOT / "images" / "Bengal_100.jpg"
     out = tmp_path / "out"
     commands = {}
-    for case, (path, reason) in files.items():
+    # Every case's reason is checked by load_checkpoint below and through evaluate/inference in-process
+    # (test_user_errors.py); here, in real processes, the two whose torch errors are the noisiest.
+    for case in ("truncated", "zip"):
+        path, reason = files[case]
         expected = f"{path} is not a petseg checkpoint ({reason})"
         commands[f"evaluate {case}"] = (
             ["evaluate.py", f"checkpoint={path}", f"output={out / 'm.json'}"],
