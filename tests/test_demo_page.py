@@ -45,6 +45,10 @@ CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class DemoServer:
     """``python src/demo.py`` in a child process, its output drained by a thread (a full pipe would
     stall the server)."""
@@ -58,6 +62,9 @@ class DemoServer:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
+            # Ctrl-C as in a terminal: a test run started in the background (`cmd &`, nohup) inherits
+            # SIGINT ignored, and Python then installs no KeyboardInterrupt handler in the demo.
+            preexec_fn=_default_sigint,
         )
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._drain, daemon=True)
