@@ -23,6 +23,7 @@ from PIL import Image
 from torch import nn
 from tqdm import tqdm
 
+from petseg.data_settings import PROTOCOLS
 from petseg.distributed import SINGLE, DistInfo, all_gather_list, all_sum
 from petseg.errors import PetsegError
 from petseg.loaders import _pet_dataset
@@ -40,8 +41,6 @@ def reference_mask(mask: np.ndarray, size: int = REFERENCE_SIZE) -> np.ndarray:
     return np.asarray(Image.fromarray(mask).resize((size, size), Image.NEAREST), dtype=np.uint8).copy()
 
 
-# Printed and written in this order: the reference protocol first.
-PROTOCOLS: tuple[str, ...] = ("dice_256", "dice_native", "dice_input")
 PROTOCOL_LABELS = {
     "dice_256": f"reference protocol, {REFERENCE_SIZE}x{REFERENCE_SIZE} masks",
     "dice_native": "each image's original size",
