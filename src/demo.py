@@ -35,8 +35,6 @@ for _name, _value in (
 ):
     os.environ.setdefault(_name, _value)
 
-CLOSE_SECONDS = 10  # what Ctrl-C waits for Gradio's close before the process exits anyway
-
 
 def main(argv: list[str] | None = None) -> int:
     def run() -> int:
@@ -74,16 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:  # Ctrl-C is how a demo ends: not an error
             print("demo stopped")
         finally:
-            # Bounded: Gradio's close waits on its server thread, and a client that holds a connection
-            # open can make that wait long.
-            closer = threading.Thread(target=page.blocks.close, daemon=True)
-            closer.start()
-            closer.join(timeout=CLOSE_SECONDS)
-        # Nothing is left to write: exit now instead of tearing down Gradio's threads and the models'
-        # heap (2-3 s on an idle machine; over 30 s once in a CI run, which killed the demo).
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
+            page.blocks.close()
+        return 0
 
     return run_command(run)
 
