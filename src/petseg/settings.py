@@ -167,22 +167,22 @@ class RunSettings:
     export: ExportSettings  # trainer.checkpoint's export keys
 
 
-def export_settings(cfg: DictConfig) -> ExportSettings:
-    """trainer.checkpoint's export keys, and whether this is a smoke run that must not export."""
-    trainer, ckpt = cfg.trainer, cfg.trainer.checkpoint
+def export_settings(cfg: DictConfig, train: TrainSettings) -> ExportSettings:
+    """trainer.checkpoint's export keys, and whether this is a smoke run that must not export (from the
+    loop's trainer.limit_* settings, read once by train_settings)."""
+    ckpt = cfg.trainer.checkpoint
     return ExportSettings(
         export_dir=None if not ckpt.export_dir else str(ckpt.export_dir),
         name=str(ckpt.export_name or f"{cfg.model.name}.pth"),
         overwrite=bool(ckpt.overwrite),
         half=bool(ckpt.half_precision_export),
         in_multirun=bool(ckpt.export_in_multirun),
-        smoke=trainer.limit_train_batches is not None or trainer.limit_val_batches is not None,
+        smoke=train.limit_train_batches is not None or train.limit_val_batches is not None,
     )
 
 
 def run_settings(cfg: DictConfig) -> RunSettings:
     """The composed training config's groups as typed settings, each checked (a PetsegError line)."""
     data = data_settings(cfg.data)
-    return RunSettings(
-        data=data, aug=aug_settings(cfg.aug), train=train_settings(cfg, data), export=export_settings(cfg)
-    )
+    train = train_settings(cfg, data)
+    return RunSettings(data=data, aug=aug_settings(cfg.aug), train=train, export=export_settings(cfg, train))
